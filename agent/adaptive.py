@@ -1,0 +1,127 @@
+"""The adaptive loop: telemetry + policy + observed latency -> controller -> runner.switch.
+
+Owns the policy in force (with last-good reload), the telemetry source and the controller's
+state; the daemon registers its methods as scheduler jobs. All decisions go through the pure
+`controller.decide`, the same function `policy simulate` replays.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agent.controller import ControllerState, Decision, Observed, Option, decide, options_from_manifest
+from agent.errors import ZooError
+from agent.manifest import latency_table, load_device_profile
+from agent.metrics import Metrics
+from agent.paths import device_profile_path
+from agent.policy import PolicyStore, ReloadResult, default_policy_path
+from agent.runner import Runner
+from agent.snapshot import Snapshot
+from agent.telemetry import TelemetrySource
+
+log = structlog.get_logger(__name__)
+
+
+class AdaptiveLoop:
+    def __init__(self, runner: Runner, telemetry: TelemetrySource, policy_path: Path | None, metrics: Metrics,
+                 ort_threads: int, state_dir: Path | None = None) -> None:
+        self.runner = runner
+        self.telemetry = telemetry
+        self.metrics = metrics
+        self.ort_threads = ort_threads
+        self.store = PolicyStore(policy_path or default_policy_path(), on_failure=[self._policy_failed])
+        self.snapshot = Snapshot(time=time.time())
+        self.state = ControllerState(config=runner.current, last_switch_at=time.monotonic())
+        self.last: Decision | None = None
+        self.decisions: deque[dict[str, Any]] = deque(maxlen=20)
+        self._profile_source = "manifest"
+        self.options = self._options(state_dir)
+        self.on_decision: list[Callable[[Decision], None]] = []
+
+    def _options(self, state_dir: Path | None) -> list[Option]:
+        """The configurations to choose from, timed by this device's profile where there is one."""
+        zoo = self.runner.zoo
+        path = (state_dir / "device-profile.json") if state_dir else device_profile_path()
+        try:
+            device = load_device_profile(path)
+        except ZooError as exc:
+            log.warning("device_profile_invalid", error=exc.message)
+            device = None
+        if device is not None:
+            self._profile_source = str(path)
+        table = latency_table(zoo.manifest, device)
+        return options_from_manifest(zoo.manifest, table, set(zoo.variants), self.ort_threads, self.store.policy.slo.percentile)
+
+    def _policy_failed(self, message: str) -> None:
+        self.metrics.policy_reload_failures.inc()
+
+    # -- jobs ------------------------------------------------------------------------------------
+
+    def sample_telemetry(self) -> None:
+        self.snapshot = self.telemetry.read(time.time())
+        self.metrics.set_telemetry(self.snapshot)
+
+    def watch_policy(self) -> None:
+        if self.store.changed_on_disk():
+            self.reload_policy("file changed")
+
+    def reload_policy(self, why: str) -> ReloadResult:
+        result = self.store.reload()
+        if result.ok:
+            self.options = self._options(None) if self._profile_source == "manifest" else self.options
+            log.info("policy_in_force", why=why, path=self.store.source, changed=result.changed)
+        return result
+
+    def tick(self) -> Decision | None:
+        """One controller step; switches the runner when the controller says so."""
+        if not self.options:
+            return None
+        now = time.monotonic()
+        policy = self.store.policy
+        current = self.runner.current
+        if self.state.config != current:  # a pin or an admin switch moved it: follow the truth
+            self.state = ControllerState(config=current, slowdown=self.state.slowdown, last_switch_at=now)
+        p, count = self.runner.window.percentile(now, policy.slo.percentile, policy.slo.window_s, current)
+        decision, self.state = decide(policy, self.snapshot, Observed(current, p, count), self.options, self.state, now)
+        self.last = decision
+        self.metrics.slowdown.set(decision.slowdown)
+        self.metrics.slo_ms.set(decision.slo_ms)
+        attainment = self.runner.window.attainment(now, decision.slo_ms, policy.slo.window_s)
+        if attainment is not None:
+            self.metrics.attainment.set(attainment)
+        if decision.switch:
+            applied = self.runner.switch(decision.config, decision.reason)
+            if not applied and self.runner.pin_state is not None:
+                self.state = ControllerState(config=self.runner.current, slowdown=decision.slowdown, last_switch_at=now)
+            self.decisions.append({"at": time.time(), "config": str(decision.config), "applied": applied,
+                                   "reason": decision.reason})
+            for callback in self.on_decision:
+                callback(decision)
+        return decision
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        policy = self.store.policy
+        d = self.last
+        slo_ms = d.slo_ms if d else policy.slo.latency_ms
+        observed, count = self.runner.window.percentile(now, policy.slo.percentile, policy.slo.window_s)
+        attainment = self.runner.window.attainment(now, slo_ms, policy.slo.window_s)
+        return {
+            "slo": {"percentile": d.percentile if d else policy.slo.percentile, "latency_ms": slo_ms,
+                    "headroom": d.headroom if d else policy.slo.headroom, "window_s": policy.slo.window_s,
+                    "observed_ms": None if observed is None else round(observed, 3), "requests": count,
+                    "attainment": None if attainment is None else round(attainment, 4),
+                    "rules": list(d.rules) if d else []},
+            "controller": {"slowdown": round(d.slowdown, 3) if d else None,
+                           "predicted_ms": round(d.predicted_ms, 3) if d else None,
+                           "feasible": d.feasible if d else None, "last_reason": d.reason if d else None,
+                           "profile": self._profile_source, "decisions": list(self.decisions)},
+            "policy": self.store.status(),
+            "telemetry": self.snapshot.as_dict(),
+        }

@@ -1,0 +1,78 @@
+"""pydantic models of the HTTP API's bodies (requests and answers)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class Score(BaseModel):
+    label: str
+    score: float
+
+
+class Classification(BaseModel):
+    label: str
+    score: float
+    top: list[Score]
+    variant: str
+    budget: float
+    kept_tokens: int
+    queue_ms: float
+    compute_ms: float
+    attention: list[list[float]] | None = None
+
+
+class PinRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    config: str = Field(description="VARIANT@BUDGET, e.g. int8@0.5")
+    seconds: float = Field(default=600, gt=0, le=30 * 24 * 3600)
+    reason: str = Field(default="maintenance", max_length=200)
+
+
+class PinAnswer(BaseModel):
+    config: str
+    until: float
+    reason: str
+
+
+class V2Tensor(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    shape: list[int] = Field(max_length=8)
+    datatype: str
+    data: list[Any] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str | None = None
+    inputs: list[V2Tensor] = Field(min_length=1, max_length=4)
+    outputs: list[dict[str, Any]] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class V2TensorMeta(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: Literal["onnxruntime_onnx"] = "onnxruntime_onnx"
+    inputs: list[V2TensorMeta]
+    outputs: list[V2TensorMeta]
+    parameters: dict[str, Any] = {}

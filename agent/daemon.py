@@ -1,0 +1,320 @@
+"""The daemon's lifecycle: load and warm the zoo, listen, serve, reload, drain, stop.
+
+Signal handlers only set state; the event loop acts on it (as uvicorn's Server does). The
+daemon handles SIGTERM itself, so after a clean drain the process exits 0 instead of dying
+by the re-raised signal (uvicorn's own handlers would end it with status 143).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import struct
+import time
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import structlog
+import uvicorn
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from agent import sdnotify
+from agent.adaptive import AdaptiveLoop
+from agent.config import Settings, load_settings
+from agent.errors import AgentError
+from agent.listener import bind_unix, remove_socket, socket_identity, systemd_socket
+from agent.logs import configure_logging
+from agent.metrics import Metrics
+from agent.paths import state_dir
+from agent.runner import Config, Pin, Runner, Switch
+from agent.server import AppState, create_app
+from agent.telemetry import make_source
+from agent.zoo import SessionSettings, open_zoo
+
+log = structlog.get_logger(__name__)
+
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+class PeerCredProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol, plus the peer's uid from SO_PEERCRED in `scope["state"]`."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family == socket.AF_UNIX:
+            pid, uid, gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+            self.app_state = {**self.app_state, "peer_uid": uid, "peer_pid": pid, "peer_gid": gid}
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its signal capture (the daemon owns signals) and with a hook
+    once it listens (READY=1 is sent only then)."""
+
+    def __init__(self, config: uvicorn.Config, on_listening: Any) -> None:
+        super().__init__(config)
+        self._on_listening = on_listening
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            self._on_listening()
+
+
+class Daemon:
+    def __init__(
+        self, settings: Settings, config_file: Path | None = None, overrides: dict[str, Any] | None = None
+    ) -> None:
+        self.settings = settings
+        self.config_file = config_file
+        self.overrides = overrides or {}
+        self.metrics = Metrics()
+        self.server: _Server | None = None
+        self.state: AppState | None = None
+        self.adaptive: AdaptiveLoop | None = None
+        self._stop_signal: int | None = None
+
+    # -- start ------------------------------------------------------------------------------
+
+    def _load(self) -> AppState:
+        s = self.settings
+        sdnotify.notify("STATUS=loading model zoo")
+        zoo = open_zoo(s.zoo, SessionSettings(intra_threads=s.ort_threads))
+        self.metrics.variants_loaded.set(len(zoo.variants))
+        self.metrics.variant_failures.set(len(zoo.failures))
+        if not zoo.variants:
+            raise AgentError(f"no variant of {s.zoo} could be loaded: {zoo.failures}")
+        initial = Config(s.default_variant, s.default_budget)
+        if initial.variant not in zoo.variants:
+            initial = Config(next(iter(zoo.variants)), 1.0)
+            log.warning("default_variant_unavailable", wanted=s.default_variant, using=str(initial))
+        runner = Runner(zoo, initial, s.workers, s.queue_size, s.window_s)
+        sdnotify.notify("STATUS=warming up")
+        started = time.perf_counter()
+        runner.warm_up(s.warmup_runs)
+        log.info(
+            "zoo_ready",
+            variants=sorted(zoo.variants),
+            failed=zoo.failures,
+            warmup_ms=round((time.perf_counter() - started) * 1000, 1),
+            workers=s.workers,
+            ort_threads=s.ort_threads,
+        )
+        runner.on_switch.append(self._switched)
+        self.metrics.set_config(initial.variant, initial.budget)
+        self.adaptive = AdaptiveLoop(runner, make_source(s), s.policy, self.metrics, s.ort_threads, s.state_dir)
+        if self.adaptive.store.last_error:
+            log.error("policy_invalid_at_start", error=self.adaptive.store.last_error, using="built-in fallback policy")
+        self.adaptive.sample_telemetry()
+        state = AppState(settings=s, zoo=zoo, runner=runner, metrics=self.metrics)
+        state.reload = self.reload
+        state.extra_status = self.adaptive.status
+        self._restore_pin(runner)
+        return state
+
+    def _switched(self, record: Switch) -> None:
+        self.metrics.switches.inc()
+        current = self.state.runner.current if self.state else Config.parse(record.new)
+        self.metrics.set_config(current.variant, current.budget)
+        sdnotify.notify(f"STATUS=serving {record.new} ({record.reason})")
+        self._save_pin()
+
+    # -- pin persistence: a maintenance pin survives a restart ------------------------------------
+
+    def _pin_file(self) -> Path:
+        return (self.settings.state_dir or state_dir()) / "pin.json"
+
+    def _save_pin(self) -> None:
+        if self.state is None:
+            return
+        pin = self.state.runner.pin_state
+        path = self._pin_file()
+        try:
+            if pin is None:
+                path.unlink(missing_ok=True)
+                return
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"config": str(pin.config), "until": pin.until, "reason": pin.reason}))
+            tmp.replace(path)
+        except OSError as exc:
+            log.warning("pin_not_saved", path=str(path), error=str(exc))
+
+    def _restore_pin(self, runner: Runner) -> None:
+        path = self._pin_file()
+        try:
+            saved = json.loads(path.read_text())
+            pin = Pin(Config.parse(saved["config"]), float(saved["until"]), str(saved["reason"]))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, AgentError) as exc:
+            log.warning("pin_file_invalid", path=str(path), error=str(exc))
+            return
+        if pin.until > time.time():
+            runner.restore_pin(pin)
+            log.info("pin_restored", config=str(pin.config), until=pin.until)
+
+    # -- reload (SIGHUP, POST /v1/policy/reload) ------------------------------------------------------
+
+    def reload(self) -> dict[str, Any]:
+        """SIGHUP and POST /v1/policy/reload: re-read the policy (last good kept on error) and the
+        config file (settings that need a restart are reported, not applied)."""
+        sdnotify.reloading()
+        answer: dict[str, Any] = {"reloaded": True}
+        if self.adaptive is not None:
+            result = self.adaptive.reload_policy("reload requested")
+            answer["reloaded"] = result.ok
+            answer["policy"] = self.adaptive.store.status()
+            if not result.ok:
+                answer["error"] = result.error
+                if self.state:
+                    self.state.last_error = result.error
+        try:
+            fresh = load_settings(self.config_file, **self.overrides)
+        except AgentError as exc:
+            log.error("config_reload_failed", error=exc.message)
+            answer.update(reloaded=False, config_error=exc.message)
+        else:
+            old = self.settings.model_dump()
+            changed = sorted(k for k, v in fresh.model_dump().items() if v != old.get(k))
+            live = {"admin_uids", "request_log_sample", "log_level"}
+            for key in changed:
+                if key in live:
+                    setattr(self.settings, key, getattr(fresh, key))
+            answer["config_changed"] = changed
+            answer["need_restart"] = [k for k in changed if k not in live]
+            log.info("config_reloaded", changed=changed, need_restart=answer["need_restart"])
+        current = self.state.runner.current if self.state else ""
+        sdnotify.notify("READY=1", f"STATUS=serving {current}" + ("" if answer["reloaded"] else " (last reload failed)"))
+        return answer
+
+    # -- run ------------------------------------------------------------------------------------------
+
+    def _on_listening(self) -> None:
+        assert self.state is not None
+        self.state.ready = True
+        self.metrics.ready.set(1)
+        sdnotify.notify("READY=1", f"STATUS=serving {self.state.runner.current} on {self.settings.socket}")
+        log.info("listening", socket=str(self.settings.socket), pid=os.getpid())
+
+    def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGHUP:
+            self.reload()
+            return
+        if self.server is None:
+            return
+        if self.server.should_exit and signum == signal.SIGINT:
+            self.server.force_exit = True
+            return
+        self._stop_signal = signum
+        self.server.should_exit = True
+        if self.state:
+            self.state.draining = True
+        self.metrics.ready.set(0)
+        sdnotify.notify("STOPPING=1", "STATUS=draining")
+        log.info(
+            "stopping", signal=signal.Signals(signum).name, inflight=self.state.runner.inflight if self.state else 0
+        )
+
+    def _jobs(self) -> list[tuple[str, Any, float]]:
+        """Every periodic job, in one place. Coroutines run on the event loop (so a hung loop
+        stops the watchdog pings); plain functions run in the scheduler's thread pool (so a
+        slow sensor read cannot stall requests)."""
+        assert self.state is not None and self.adaptive is not None
+        runner, adaptive, s = self.state.runner, self.adaptive, self.settings
+
+        async def controller_tick() -> None:
+            adaptive.tick()
+
+        async def policy_watch() -> None:
+            adaptive.watch_policy()
+
+        async def pin_expiry() -> None:
+            runner.expire_pin(time.time())
+
+        async def watchdog() -> None:
+            sdnotify.notify("WATCHDOG=1")
+
+        jobs: list[tuple[str, Any, float]] = [
+            ("telemetry_sample", adaptive.sample_telemetry, s.telemetry_interval_s),
+            ("controller_tick", controller_tick, s.controller_interval_s),
+            ("policy_watch", policy_watch, s.policy_watch_s),
+            ("pin_expiry", pin_expiry, 1.0),
+        ]
+        interval = sdnotify.watchdog_interval_s()
+        if interval:
+            jobs.append(("watchdog", watchdog, interval))
+        return jobs
+
+    async def _serve(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        scheduler = AsyncIOScheduler(event_loop=loop)
+        for job_id, func, seconds in self._jobs():
+            scheduler.add_job(func, "interval", seconds=seconds, id=job_id, max_instances=1, coalesce=True)
+        scheduler.start()
+        try:
+            assert self.server is not None
+            await self.server.serve(sockets=[sock])
+        finally:
+            scheduler.shutdown(wait=False)
+
+    def run(self) -> int:
+        s = self.settings
+        identity: tuple[int, int] | None = None
+        try:
+            activated = systemd_socket()
+            self.state = self._load()
+            if activated is not None:
+                sock = activated
+                log.info("socket_activated", fd=sock.fileno())
+            else:
+                sock = bind_unix(s.socket, s.socket_mode)
+                identity = socket_identity(s.socket)
+        except AgentError as exc:
+            log.error("start_failed", error=exc.message)
+            sdnotify.notify(f"STATUS=failed: {exc.message}")
+            return 1
+        config = uvicorn.Config(
+            create_app(self.state),
+            http=PeerCredProtocol,
+            loop="uvloop",
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=max(1, round(s.drain_timeout_s)),
+            timeout_keep_alive=5,
+            limit_concurrency=s.queue_size + s.workers + 256,
+            server_header=False,
+        )
+        self.server = _Server(config, self._on_listening)
+        try:
+            asyncio.run(self._serve(sock))
+        finally:
+            self.state.runner.close(wait=True)
+            if identity is not None:
+                remove_socket(s.socket, identity)
+        log.info("stopped", signal=signal.Signals(self._stop_signal).name if self._stop_signal else None)
+        return 0
+
+
+def serve(config_file: Path | None = None, **overrides: Any) -> int:
+    try:
+        settings = load_settings(config_file, **overrides)
+    except AgentError as exc:
+        configure_logging()
+        log.error("config_invalid", error=exc.message)
+        return 2
+    configure_logging(settings.log_level, settings.log_json)
+    return Daemon(settings, config_file, overrides).run()

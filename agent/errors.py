@@ -1,0 +1,63 @@
+"""One error hierarchy: each error has a stable code and the HTTP status it maps to."""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    code = "internal"
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadInput(AgentError):
+    code = "bad_input"
+    status = 400
+
+
+class UnsupportedMediaType(AgentError):
+    code = "unsupported_media_type"
+    status = 415
+
+
+class PayloadTooLarge(AgentError):
+    code = "payload_too_large"
+    status = 413
+
+
+class InvalidTensor(AgentError):
+    code = "invalid_tensor"
+    status = 422
+
+
+class NotFound(AgentError):
+    code = "not_found"
+    status = 404
+
+
+class Overloaded(AgentError):
+    code = "overloaded"
+    status = 503
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Forbidden(AgentError):
+    code = "forbidden"
+    status = 403
+
+
+class ZooError(AgentError):
+    """The model zoo or one of its variants is unusable (bad manifest, hash, file)."""
+
+    code = "zoo_error"
+    status = 500
+
+
+class VariantUnavailable(ZooError):
+    code = "variant_unavailable"
+    status = 503

@@ -1,0 +1,115 @@
+"""What the daemon adds over calling onnxruntime in process, on the same input.
+
+Latency: a socket round trip (`.npy` body and PNG body) against the same `full@1.0` call made
+in this process, interleaved call by call. Throughput: 1, 2 and 4 concurrent socket clients
+against in-process worker threads. Writes bench/results/overhead.{json,md}.
+
+    python -m bench.overhead [--calls 400] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image
+
+from agent.client import Client
+from agent.codec import image_to_input, load_pixels, open_image
+from agent.config import Settings
+from agent.launch import running_daemon
+from agent.zoo import SessionSettings, default_zoo_dir, open_zoo
+from bench.common import header, md_table, write_results
+from model_zoo import data
+
+
+def run_for(seconds: float, workers: int, call: Callable[[int], object]) -> float:
+    """Calls per second of `workers` threads calling `call` back to back for `seconds`."""
+    stop = threading.Event()
+    counts = [0] * workers
+
+    def loop(k: int) -> None:
+        while not stop.is_set():
+            call(k)
+            counts[k] += 1
+
+    threads = [threading.Thread(target=loop, args=(k,)) for k in range(workers)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    return sum(counts) / seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=400)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    args = ap.parse_args()
+    settings = Settings()
+    zoo = open_zoo(default_zoo_dir(), SessionSettings(intra_threads=settings.ort_threads), names=["full"])
+    full = zoo.variants["full"]
+    img = data.sample(0, "test", 1).image
+    x = image_to_input(img, 128)
+    npy = io.BytesIO()
+    np.save(npy, x[0])
+    png = io.BytesIO()
+    Image.fromarray(img).save(png, format="PNG")
+    bodies = {"npy": (npy.getvalue(), "application/x-npy"), "png": (png.getvalue(), "image/png")}
+    local = {
+        "npy": lambda: full.run(x, 1.0),
+        "png": lambda: full.run(image_to_input(load_pixels(open_image(bodies["png"][0])), 128), 1.0),
+    }
+    results: dict[str, object] = {**header(), "workers": settings.workers, "ort_threads": settings.ort_threads}
+    rows = []
+    with running_daemon() as (_, sock), Client(sock) as client:
+        for kind, (body, ctype) in bodies.items():
+            for _ in range(20):
+                client.classify(body, ctype)
+                local[kind]()
+            inproc, remote = [], []
+            for _ in range(args.calls):
+                s = time.perf_counter()
+                local[kind]()
+                inproc.append((time.perf_counter() - s) * 1000)
+                s = time.perf_counter()
+                client.classify(body, ctype)
+                remote.append((time.perf_counter() - s) * 1000)
+            a, b = np.array(inproc), np.array(remote)
+            row = {"body": kind, "in_process_p50_ms": round(float(np.median(a)), 3), "socket_p50_ms": round(float(np.median(b)), 3),
+                   "overhead_p50_ms": round(float(np.median(b) - np.median(a)), 3),
+                   "overhead_p95_ms": round(float(np.percentile(b, 95) - np.percentile(a, 95)), 3)}
+            rows.append(row)
+            print(row)
+        results["latency"] = rows
+        clients = [Client(sock) for _ in range(4)]
+        body, ctype = bodies["npy"]
+        tput = {}
+        for n in (1, 2, 4):
+            tput[f"socket_{n}_clients"] = round(run_for(args.seconds, n, lambda k: clients[k].classify(body, ctype)), 1)
+            print(n, "clients", tput[f"socket_{n}_clients"], "req/s")
+        for c in clients:
+            c.close()
+    for n in (1, 2):
+        tput[f"in_process_{n}_workers"] = round(run_for(args.seconds, n, lambda k: full.run(x, 1.0)), 1)
+        print(n, "in-process workers", tput[f"in_process_{n}_workers"], "calls/s")
+    tput["ratio_2_clients_vs_2_workers"] = round(tput["socket_2_clients"] / tput["in_process_2_workers"], 3)
+    results["throughput"] = tput
+    md = (f"# Socket overhead\n\n{results['machine']}, {results['date']}; daemon with {settings.workers} workers x "
+          f"{settings.ort_threads} ORT threads; `full@1.0`; client and daemon on the same cores.\n\n"
+          + md_table(["body", "in-process p50 ms", "socket p50 ms", "overhead p50 ms", "overhead p95 ms"],
+                     [[r["body"], r["in_process_p50_ms"], r["socket_p50_ms"], r["overhead_p50_ms"], r["overhead_p95_ms"]] for r in rows])
+          + "\n## Throughput (requests/s, `.npy` body)\n\n"
+          + md_table(["setup", "req/s"], [[k, v] for k, v in tput.items()]))
+    write_results("overhead", results, md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+"""`edge-agent zoo build`: data -> train full -> prune -> lowres -> export -> int8 ->
+evaluate -> profile -> manifest. Reproducible for a given config and seed."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import shutil
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.evaluation import accuracy, batch_inputs, profile_variants, time_runs
+from agent.manifest import BUDGETS, AccuracyPoint, BuildInfo, Manifest, Variant
+from agent.zoo import LoadedVariant, SessionSettings, describe_onnx, open_variant
+from model_zoo import data
+from model_zoo.export import CANDIDATES, export_onnx, quantize
+from model_zoo.model import ModelSpec, TokenBudgetViT
+from model_zoo.train import evaluate, prune, to_resolution, to_tensor, train
+
+#: Budgets sampled per training batch; full budget twice as often, since it is served most.
+TRAIN_BUDGETS = (1.0, *BUDGETS)
+
+Log = Callable[[str], None]
+Step = Callable[[str, int, int], None]  # (task, done, total)
+
+
+class BuildConfig(BaseModel):
+    """Everything that decides the zoo; stored in the manifest so a build can be repeated."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+    train_size: int = 6000
+    val_size: int = 1000
+    test_size: int = 1500
+    shifted_size: int = 1500
+    data_dir: Path | None = Field(default=None, description="ImageFolder data instead of the synthetic set")
+    image_size: int = 128
+    dim: int = 128
+    depth: int = 6
+    heads: int = 4
+    head_dim: int = 32
+    mlp_hidden: int = 512
+    prune_block: int = 1
+    epochs: int = 10
+    lr: float = 2e-3
+    batch: int = 64
+    pruned_heads: int = 2
+    pruned_mlp_hidden: int = 256
+    pruned_drop_blocks: list[int] = [4]
+    pruned_epochs: int = 3
+    lowres_size: int = 64
+    lowres_epochs: int = 3
+    calibration_images: int = 200
+    quant_select_images: int = 500
+    max_int8_loss: float = 0.01
+    profile_runs: int = 60
+    threads: int = 2
+
+
+def load_config(path: Path | None) -> BuildConfig:
+    if path is None:
+        return BuildConfig()
+    return BuildConfig.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+
+
+def _versions() -> dict[str, str]:
+    names = ["torch", "onnx", "onnxruntime", "numpy", "pillow"]
+    out = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def _load_data(cfg: BuildConfig, log: Log) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str], str]:
+    if cfg.data_dir is None:
+        sizes = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size, "shifted": cfg.shifted_size}
+        splits = {s: data.generate(s, n, seed=cfg.seed, size=cfg.image_size) for s, n in sizes.items()}
+        log(f"generated synthetic data: {sizes}")
+        return splits, list(data.CLASSES), "synthetic surfaces (model_zoo.data), seeded"
+    root = cfg.data_dir
+    if (root / "train").is_dir():
+        splits = {}
+        classes: tuple[str, ...] | None = None
+        for split in ("train", "val", "test"):
+            x, y, classes = data.load_image_folder(root / split, cfg.image_size, classes)
+            splits[split] = (x, y)
+    else:
+        x, y, classes = data.load_image_folder(root, cfg.image_size)
+        order = np.random.default_rng(cfg.seed).permutation(len(x))
+        n_val = n_test = max(1, len(x) // 10)
+        parts = {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
+        splits = {k: (x[v], y[v]) for k, v in parts.items()}
+    splits["shifted"] = splits["test"]
+    log(f"loaded ImageFolder data from {root}: classes {list(classes)}")
+    return splits, list(classes), f"ImageFolder {root}"
+
+
+def _resize_all(images: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(i).resize((size, size), Image.Resampling.BILINEAR)) for i in images])
+
+
+def _variant_entry(name: str, path: Path, out: Path, model: TokenBudgetViT, description: str) -> Variant:
+    entry = describe_onnx(path, name, out)
+    return entry.model_copy(
+        update={
+            "description": description,
+            "tokens": model.spec.tokens,
+            "token_input": "token_keep",
+            "parameters": sum(p.numel() for p in model.parameters()),
+        }
+    )
+
+
+def build(cfg: BuildConfig, out: Path, log: Log, step: Step) -> Manifest:
+    """Build the whole zoo into `out` and return its manifest (also written to out)."""
+    started = time.monotonic()
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    splits, classes, data_desc = _load_data(cfg, log)
+    xtr, ytr = to_tensor(splits["train"][0]), torch.from_numpy(splits["train"][1])
+    xva, yva = to_tensor(splits["val"][0]), torch.from_numpy(splits["val"][1])
+
+    spec = ModelSpec(
+        image_size=cfg.image_size,
+        dim=cfg.dim,
+        depth=cfg.depth,
+        heads=cfg.heads,
+        head_dim=cfg.head_dim,
+        mlp_hidden=cfg.mlp_hidden,
+        prune_block=cfg.prune_block,
+        num_classes=len(classes),
+    )
+    full = TokenBudgetViT(spec)
+    train(
+        full,
+        xtr,
+        ytr,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        batch=cfg.batch,
+        budgets=TRAIN_BUDGETS,
+        seed=cfg.seed,
+        progress=lambda d, t, n: step("train full", d, t),
+    )
+    log(f"full: val acc @1.0 {evaluate(full, xva, yva, 1.0):.4f}, @0.5 {evaluate(full, xva, yva, 0.5):.4f}")
+
+    pruned = prune(full, cfg.pruned_heads, cfg.pruned_mlp_hidden, tuple(cfg.pruned_drop_blocks))
+    log(f"pruned before fine-tune: val acc @1.0 {evaluate(pruned, xva, yva, 1.0):.4f}")
+    train(
+        pruned,
+        xtr,
+        ytr,
+        epochs=cfg.pruned_epochs,
+        lr=cfg.lr / 3,
+        batch=cfg.batch,
+        budgets=TRAIN_BUDGETS,
+        seed=cfg.seed + 1,
+        progress=lambda d, t, n: step("fine-tune pruned", d, t),
+    )
+    log(f"pruned: val acc @1.0 {evaluate(pruned, xva, yva, 1.0):.4f}")
+
+    lowres = to_resolution(full, cfg.lowres_size)
+    xtr_low = to_tensor(_resize_all(splits["train"][0], cfg.lowres_size))
+    xva_low = to_tensor(_resize_all(splits["val"][0], cfg.lowres_size))
+    train(
+        lowres,
+        xtr_low,
+        ytr,
+        epochs=cfg.lowres_epochs,
+        lr=cfg.lr / 2,
+        batch=cfg.batch,
+        budgets=TRAIN_BUDGETS,
+        seed=cfg.seed + 2,
+        progress=lambda d, t, n: step("fine-tune lowres", d, t),
+    )
+    log(f"lowres: val acc @1.0 {evaluate(lowres, xva_low, yva, 1.0):.4f}")
+
+    meta = {"classes": json.dumps(classes), "seed": str(cfg.seed)}
+    models = {"full": full, "pruned": pruned, "lowres": lowres}
+    descriptions = {
+        "full": f"fp32, {spec.dim}-d, {spec.depth} blocks, {spec.heads} heads, {spec.tokens} tokens",
+        "pruned": (
+            f"fp32, structured pruning to {cfg.pruned_heads} heads, MLP {cfg.pruned_mlp_hidden}, "
+            f"blocks {cfg.pruned_drop_blocks} removed, fine-tuned"
+        ),
+        "lowres": f"fp32, {cfg.lowres_size}x{cfg.lowres_size} input, {lowres.spec.tokens} tokens, fine-tuned",
+    }
+    paths = {}
+    for name, model in models.items():
+        paths[name] = out / f"{name}.onnx"
+        export_onnx(model, paths[name], {**meta, "variant": name})
+        step("export", len(paths), len(models))
+
+    settings = SessionSettings(intra_threads=cfg.threads)
+    inputs_cache: dict[tuple[str, int], np.ndarray] = {}
+
+    def inputs(split: str, size: int) -> np.ndarray:
+        if (split, size) not in inputs_cache:
+            inputs_cache[(split, size)] = batch_inputs(splits[split][0], size)
+        return inputs_cache[(split, size)]
+
+    def load(name: str, path: Path, model: TokenBudgetViT) -> LoadedVariant:
+        return open_variant(out, _variant_entry(name, path, out, model, ""), settings)
+
+    # int8: try each static format, keep the fastest within the accuracy bound (on val).
+    sel_y = splits["val"][1][: cfg.quant_select_images]
+    for base in ("full", "lowres"):
+        model = models[base]
+        name = "int8" if base == "full" else "int8-lowres"
+        base_loaded = load(base, paths[base], model)
+        base_acc = accuracy(base_loaded, inputs("val", model.spec.image_size)[: cfg.quant_select_images], sel_y, 1.0)
+        trials: list[tuple[str, float, float]] = []
+        for cand in CANDIDATES:
+            cand_path = out / f"{name}.{cand}.onnx"
+            calib = inputs("train", model.spec.image_size)[: cfg.calibration_images]
+            quantize(paths[base], cand_path, cand, calib, model.spec.tokens, BUDGETS, model.spec.prune_block)
+            loaded = load(name, cand_path, model)
+            acc = accuracy(loaded, inputs("val", model.spec.image_size)[: cfg.quant_select_images], sel_y, 1.0)
+            img = inputs("val", model.spec.image_size)[:1]
+            lat_base, lat_cand = [], []
+            for _ in range(30):
+                lat_base += time_runs(base_loaded, img, 1.0, 1, 0)
+                lat_cand += time_runs(loaded, img, 1.0, 1, 0)
+            ratio = float(np.median(lat_cand) / np.median(lat_base))
+            trials.append((cand, acc, ratio))
+            log(f"{name} candidate {cand}: val acc {acc:.4f} (fp32 {base_acc:.4f}), latency {ratio:.2f}x fp32")
+            step(f"quantize {name}", len(trials), len(CANDIDATES))
+        ok = [t for t in trials if base_acc - t[1] <= cfg.max_int8_loss] or sorted(trials, key=lambda t: -t[1])[:1]
+        chosen = min(ok, key=lambda t: t[2])
+        paths[name] = out / f"{name}.onnx"
+        shutil.move(out / f"{name}.{chosen[0]}.onnx", paths[name])
+        for cand in CANDIDATES:
+            (out / f"{name}.{cand}.onnx").unlink(missing_ok=True)
+        models[name] = model
+        how = "dynamic activation scales" if chosen[0].startswith("dynamic") else f"MinMax-calibrated on {len(calib)} training images"
+        descriptions[name] = (
+            f"int8 weights ({chosen[0]}, {how}; attention matmuls and ranking kept fp32) of {base}; "
+            f"{chosen[2]:.2f}x fp32 latency at selection; tried: "
+            + ", ".join(f"{c} {r:.2f}x acc {a:.3f}" for c, a, r in trials)
+        )
+        log(f"{name}: chose {chosen[0]}")
+
+    loaded_all = {name: load(name, paths[name], models[name]) for name in paths}
+    entries: dict[str, Variant] = {}
+    evals = [(n, b) for n in loaded_all for b in BUDGETS]
+    for i, (name, budget) in enumerate(evals):
+        size = models[name].spec.image_size
+        test = accuracy(loaded_all[name], inputs("test", size), splits["test"][1], budget)
+        shifted = accuracy(loaded_all[name], inputs("shifted", size), splits["shifted"][1], budget)
+        entries.setdefault(name, _variant_entry(name, paths[name], out, models[name], descriptions[name]))
+        prev = entries[name]
+        entries[name] = prev.model_copy(
+            update={"accuracy": [*prev.accuracy, AccuracyPoint(budget=budget, test=test, shifted=shifted)]}
+        )
+        step("evaluate", i + 1, len(evals))
+
+    by_threads = {}
+    for threads in (1, 2):
+        by_threads[threads] = [open_variant(out, entries[n], SessionSettings(intra_threads=threads)) for n in entries]
+    profiles = profile_variants(by_threads, {n: BUDGETS for n in entries}, runs=cfg.profile_runs)
+    step("profile", 1, 1)
+    variants = [entries[n].model_copy(update={"latency": profiles[n]}) for n in entries]
+    config = json.loads(cfg.model_dump_json())
+    manifest = Manifest(
+        name="surface-defects-vit",
+        classes=classes,
+        variants=variants,
+        build=BuildInfo(
+            seed=cfg.seed,
+            data=data_desc,
+            config=config,
+            versions=_versions(),
+            duration_s=round(time.monotonic() - started, 1),
+            built_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        ),
+    )
+    (out / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return manifest

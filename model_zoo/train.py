@@ -1,0 +1,150 @@
+"""Training, structured pruning and resolution transfer of the token-budget ViT (torch)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import NDArray
+
+from model_zoo.model import TokenBudgetViT
+
+Progress = Callable[[int, int, str], None]  # (done, total, note)
+
+
+def to_tensor(images: NDArray[np.uint8]) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) uint8 tensor; converted to float per batch."""
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Flips and 90-degree turns: surface defects have no preferred orientation."""
+    if torch.rand(1, generator=gen).item() < 0.5:
+        x = x.flip(3)
+    if torch.rand(1, generator=gen).item() < 0.5:
+        x = x.flip(2)
+    if torch.rand(1, generator=gen).item() < 0.5:
+        x = x.transpose(2, 3)
+    return x
+
+
+def train(
+    model: TokenBudgetViT,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    batch: int,
+    budgets: tuple[float, ...],
+    seed: int,
+    progress: Progress | None = None,
+) -> list[float]:
+    """AdamW + warmup/cosine; each batch runs at a random token budget so that every budget
+    the daemon may choose was seen in training. Returns the mean loss per epoch."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    steps_per_epoch = math.ceil(len(images) / batch)
+    total = max(1, epochs * steps_per_epoch)
+    warmup = max(1, total // 20)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    tokens = model.spec.tokens
+    losses: list[float] = []
+    step = 0
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(images), generator=gen)
+        running = 0.0
+        for start in range(0, len(images), batch):
+            idx = order[start : start + batch]
+            x = _augment(images[idx].float().div_(255.0), gen)
+            budget = budgets[int(torch.randint(len(budgets), (1,), generator=gen))]
+            keep = torch.tensor([max(1, round(budget * tokens))])
+            logits, _ = model(x, keep)
+            loss = F.cross_entropy(logits, labels[idx], label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            running += loss.item() * len(idx)
+            step += 1
+            if progress:
+                progress(step, total, "")
+        losses.append(running / len(images))
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def evaluate(
+    model: TokenBudgetViT, images: torch.Tensor, labels: torch.Tensor, budget: float, batch: int = 100
+) -> float:
+    model.eval()
+    keep = torch.tensor([max(1, round(budget * model.spec.tokens))])
+    correct = 0
+    for start in range(0, len(images), batch):
+        logits, _ = model(images[start : start + batch].float().div_(255.0), keep)
+        correct += int((logits.argmax(1) == labels[start : start + batch]).sum())
+    return correct / len(images)
+
+
+@torch.no_grad()
+def prune(model: TokenBudgetViT, heads: int, mlp_hidden: int, drop_blocks: tuple[int, ...]) -> TokenBudgetViT:
+    """Structured pruning: keep the `heads` heads and `mlp_hidden` MLP channels of largest
+    weight norm in every block, and remove whole blocks listed in `drop_blocks`."""
+    spec = model.spec
+    kept_blocks = [i for i in range(spec.depth) if i not in drop_blocks]
+    prune_block = spec.prune_block - sum(1 for d in drop_blocks if d < spec.prune_block)
+    new_spec = replace(spec, heads=heads, mlp_hidden=mlp_hidden, depth=len(kept_blocks), prune_block=prune_block)
+    new = TokenBudgetViT(new_spec)
+    new.stem.load_state_dict(model.stem.state_dict())
+    new.cls.copy_(model.cls)
+    new.pos.copy_(model.pos)
+    new.norm.load_state_dict(model.norm.state_dict())
+    new.head.load_state_dict(model.head.state_dict())
+    hd, dim = spec.head_dim, spec.dim
+    for new_block, old_index in zip(new.blocks, kept_blocks, strict=True):
+        old = model.blocks[old_index]
+        new_block.norm1.load_state_dict(old.norm1.state_dict())
+        new_block.norm2.load_state_dict(old.norm2.state_dict())
+        qkv_w = old.attn.qkv.weight.reshape(3, spec.heads, hd, dim)
+        qkv_b = old.attn.qkv.bias.reshape(3, spec.heads, hd)
+        proj_w = old.attn.proj.weight.reshape(dim, spec.heads, hd)
+        score = qkv_w.pow(2).sum(dim=(0, 2, 3)) + proj_w.pow(2).sum(dim=(0, 2))
+        keep_h = torch.sort(torch.topk(score, heads).indices).values
+        new_block.attn.qkv.weight.copy_(qkv_w[:, keep_h].reshape(-1, dim))
+        new_block.attn.qkv.bias.copy_(qkv_b[:, keep_h].reshape(-1))
+        new_block.attn.proj.weight.copy_(proj_w[:, keep_h].reshape(dim, -1))
+        new_block.attn.proj.bias.copy_(old.attn.proj.bias)
+        channel_score = old.fc1.weight.norm(dim=1) * old.fc2.weight.norm(dim=0)
+        keep_c = torch.sort(torch.topk(channel_score, mlp_hidden).indices).values
+        new_block.fc1.weight.copy_(old.fc1.weight[keep_c])
+        new_block.fc1.bias.copy_(old.fc1.bias[keep_c])
+        new_block.fc2.weight.copy_(old.fc2.weight[:, keep_c])
+        new_block.fc2.bias.copy_(old.fc2.bias)
+    return new
+
+
+@torch.no_grad()
+def to_resolution(model: TokenBudgetViT, image_size: int) -> TokenBudgetViT:
+    """The same weights at another input size; position embeddings are resized bicubically."""
+    spec = replace(model.spec, image_size=image_size)
+    new = TokenBudgetViT(spec)
+    state = {k: v for k, v in model.state_dict().items() if k != "pos"}
+    new.load_state_dict(state, strict=False)
+    g_old, g_new = model.spec.grid, spec.grid
+    pos = model.pos.reshape(1, g_old, g_old, -1).permute(0, 3, 1, 2)
+    pos = F.interpolate(pos, size=(g_new, g_new), mode="bicubic", align_corners=False)
+    new.pos.copy_(pos.permute(0, 2, 3, 1).reshape(1, g_new * g_new, -1))
+    return new

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from agent.zoo import default_zoo_dir
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def shipped_zoo() -> Path:
+    return default_zoo_dir()
+
+
+@pytest.fixture
+def zoo_copy(tmp_path: Path, shipped_zoo: Path) -> Path:
+    """A private copy of the shipped zoo that a test may damage."""
+    dest = tmp_path / "zoo"
+    dest.mkdir()
+    for item in shipped_zoo.iterdir():
+        if item.suffix in (".onnx", ".json"):
+            shutil.copy2(item, dest / item.name)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory):
+    """One real daemon on the shipped zoo for a test module."""
+    from tests.daemon import DaemonProcess
+
+    proc = DaemonProcess(tmp_path_factory.mktemp("daemon")).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def sample_png(tmp_path: Path) -> Path:
+    from model_zoo import data
+
+    return next(p for p in data.write_samples(tmp_path / "img", "test", 1) if p.name.startswith("scratch"))

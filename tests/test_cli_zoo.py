@@ -1,0 +1,99 @@
+"""The zoo CLI as a user runs it: a subprocess, including without torch installed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from model_zoo import data
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        cwd=REPO,
+    )
+
+
+@pytest.fixture(scope="module")
+def no_torch(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """An import path on which torch and onnx (the train extra) cannot be imported."""
+    blocked = tmp_path_factory.mktemp("blocked")
+    for name in ("torch", "onnx", "onnxscript"):
+        (blocked / name).mkdir()
+        (blocked / name / "__init__.py").write_text(f"raise ImportError('{name} is blocked in this test')\n")
+    return {"PYTHONPATH": f"{blocked}{os.pathsep}{REPO}"}
+
+
+def test_zoo_info_and_verify_without_torch(no_torch: dict[str, str]) -> None:
+    info = cli("zoo", "info", env=no_torch)
+    assert info.returncode == 0, info.stderr
+    for name in ("full", "pruned", "int8", "lowres"):
+        assert name in info.stdout
+    verify = cli("zoo", "verify", env=no_torch)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert verify.stdout.count("ok") >= 4
+
+
+def test_classify_an_image_with_every_variant_without_torch(no_torch: dict[str, str], tmp_path: Path) -> None:
+    [png] = [p for p in data.write_samples(tmp_path, "test", 1) if p.name.startswith("scratch")]
+    result = cli("zoo", "run", str(png), env=no_torch)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines() if png.name in line]
+    assert len(rows) >= 4
+    assert all("scratch" in row.split(png.name, 1)[1] for row in rows[:1])
+
+
+def test_zoo_build_without_torch_says_what_to_install(no_torch: dict[str, str], tmp_path: Path) -> None:
+    result = cli("zoo", "build", "--out", str(tmp_path), env=no_torch)
+    assert result.returncode == 1
+    assert "pip install -e '.[train]'" in result.stdout
+
+
+def test_verify_fails_on_a_damaged_zoo(zoo_copy: Path) -> None:
+    (zoo_copy / "pruned.onnx").write_bytes(b"broken")
+    result = cli("zoo", "verify", "--zoo", str(zoo_copy))
+    assert result.returncode == 1
+    assert "FAIL pruned" in result.stdout and "ok   full" in result.stdout
+
+
+def test_whole_build_pipeline_on_a_tiny_config(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    out = tmp_path / "zoo"
+    result = cli("zoo", "build", "--config", str(REPO / "model_zoo/configs/tiny.yaml"), "--out", str(out), timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    names = {"full", "pruned", "lowres", "int8", "int8-lowres"}
+    assert {p.stem for p in out.glob("*.onnx")} == names
+    verify = cli("zoo", "verify", "--zoo", str(out))
+    assert verify.returncode == 0, verify.stdout
+    profile = cli("zoo", "profile", "--zoo", str(out), "--out", str(tmp_path / "device.json"), "--runs", "3")
+    assert profile.returncode == 0, profile.stdout + profile.stderr
+    from agent.manifest import DeviceProfile
+
+    device = DeviceProfile.model_validate_json((tmp_path / "device.json").read_text())
+    assert set(device.variants) == names
+
+
+def test_same_seed_rebuilds_the_same_fp32_models(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from model_zoo.build import build, load_config
+
+    cfg = load_config(REPO / "model_zoo/configs/tiny.yaml")
+    first = build(cfg, tmp_path / "a", lambda _: None, lambda *_: None)
+    second = build(cfg, tmp_path / "b", lambda _: None, lambda *_: None)
+    for name in ("full", "pruned", "lowres"):
+        a, b = first.variant(name), second.variant(name)
+        assert a.sha256 == b.sha256, f"{name} differs between two builds with the same seed"
+        assert [p.test for p in a.accuracy] == [p.test for p in b.accuracy]
+    other = build(cfg.model_copy(update={"seed": 1}), tmp_path / "c", lambda _: None, lambda *_: None)
+    assert other.variant("full").sha256 != first.variant("full").sha256

@@ -1,0 +1,144 @@
+"""The controller as a pure function: no clock, no sleeps; time is an argument."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.controller import MIN_SAMPLES, ControllerState, Observed, Option, decide
+from agent.policy import parse_policy
+from agent.runner import Config
+from agent.snapshot import Snapshot
+
+NOON = dt.time(12, 0)
+OPTIONS = [
+    Option(Config("full", 1.0), 10.0, 0.97),
+    Option(Config("full", 0.5), 7.0, 0.96),
+    Option(Config("pruned", 1.0), 6.0, 0.95),
+    Option(Config("int8", 1.0), 8.0, 0.965),
+    Option(Config("lowres", 1.0), 4.0, 0.93),
+    Option(Config("lowres", 0.25), 2.0, 0.85),
+]
+POLICY_YAML = """
+version: 1
+slo: {percentile: 95, latency_ms: 20, window_s: 5, headroom: 0.8}
+hysteresis: {dwell_s: 5, min_switch_interval_s: 1}
+"""
+POLICY = parse_policy(POLICY_YAML, "test")
+IDLE = Snapshot(time=0.0, cpu_percent=5.0)
+
+
+def step(state: ControllerState, observed_ms: float | None, now: float, snapshot: Snapshot = IDLE, policy=POLICY):  # type: ignore[no-untyped-def]
+    obs = Observed(state.config, observed_ms, MIN_SAMPLES if observed_ms is not None else 0)
+    return decide(policy, snapshot, obs, OPTIONS, state, now, NOON)
+
+
+def settled(config: Config = Config("full", 1.0)) -> ControllerState:
+    return ControllerState(config=config, slowdown=1.0, last_switch_at=-100.0)
+
+
+def test_start_chooses_the_most_accurate_feasible() -> None:
+    d, s = step(ControllerState(), None, 0.0)
+    assert d.switch and d.config == Config("full", 1.0) and s.config == d.config
+    assert "most accurate feasible" in d.reason
+
+
+def test_steps_down_at_once_on_a_violation() -> None:
+    d, s = step(settled(), 30.0, 1.0)  # full observed at 30 ms: 3x slower than profiled
+    assert d.switch and d.config != Config("full", 1.0)
+    assert d.predicted_ms <= 0.8 * 20
+    assert "step down" in d.reason and "SLO 20.0 ms" in d.reason
+    assert s.last_switch_at == 1.0
+
+
+def test_steps_up_only_after_the_dwell() -> None:
+    state = settled(Config("lowres", 1.0))
+    state = ControllerState(config=Config("lowres", 1.0), slowdown=1.0, last_switch_at=0.0)
+    switched_at = None
+    for t in range(0, 12):
+        d, state = step(state, 4.0, float(t))  # lowres runs as profiled: full is feasible again
+        if d.switch:
+            switched_at = t
+            break
+        assert "dwell" in d.reason or "keep" in d.reason
+    assert switched_at == 5 and d.config == Config("full", 1.0) and "step up" in d.reason
+
+
+def test_never_chooses_a_config_predicted_over_the_bound_when_one_is_feasible() -> None:
+    state = settled()
+    for observed in (12.0, 15.0, 18.0, 25.0, 40.0):
+        d, _ = step(state, observed, 10.0)
+        if d.feasible:
+            assert d.predicted_ms <= d.headroom * d.slo_ms
+            assert all(v > d.headroom * d.slo_ms for k, v in d.predictions.items()
+                       if next(o for o in OPTIONS if str(o.config) == k).accuracy > next(o for o in OPTIONS if o.config == d.config).accuracy)
+
+
+def test_chooses_the_cheapest_with_a_reason_when_nothing_is_feasible() -> None:
+    d, _ = step(settled(), 200.0, 1.0)  # 20x slower: even lowres@0.25 (2 ms -> ~40 ms) misses
+    assert d.config == Config("lowres", 0.25) and not d.feasible
+    assert "nothing is predicted under" in d.reason and "cheapest lowres@0.25" in d.reason
+
+
+def rule_policy(when: str, then: str) -> object:
+    return parse_policy(POLICY_YAML + f"rules:\n  - name: r\n    when: {when}\n    then: {then}\n", "test")
+
+
+def test_rule_restricts_the_allowed_variants() -> None:
+    p = rule_policy("{battery_below: 20, on_battery: true}", "{allow_variants: [lowres, int8]}")
+    low = Snapshot(time=0, battery_percent=15, on_ac=False)
+    d, _ = step(ControllerState(), None, 0.0, low, p)
+    assert d.config.variant == "int8" and "rules: r" in d.reason
+    d, _ = step(ControllerState(), None, 0.0, Snapshot(time=0, battery_percent=15, on_ac=True), p)
+    assert d.config == Config("full", 1.0)
+
+
+def test_rule_caps_the_budget() -> None:
+    p = rule_policy("{temperature_above: 80}", "{max_budget: 0.5}")
+    d, _ = step(ControllerState(), None, 0.0, Snapshot(time=0, temperature_c=85), p)
+    assert d.config.budget <= 0.5 and d.config == Config("full", 0.5)
+
+
+def test_rule_tightens_the_slo() -> None:
+    p = rule_policy("{cpu_above: 90}", "{slo_ms: 8}")
+    d, _ = step(ControllerState(), None, 0.0, Snapshot(time=0, cpu_percent=95), p)
+    assert d.slo_ms == 8 and d.predicted_ms <= 0.8 * 8 and d.config == Config("pruned", 1.0)
+
+
+def test_rule_relaxes_the_slo() -> None:
+    p = rule_policy("{load_above: 3}", "{slo_scale: 2.0}")
+    d, _ = step(settled(), 30.0, 1.0, Snapshot(time=0, load_avg_1m=4), p)  # 3x slower, but SLO now 40 ms
+    assert d.slo_ms == 40 and not d.switch
+
+
+def test_rule_prefers_a_variant() -> None:
+    p = rule_policy("{time_between: ['08:00', '18:00']}", "{prefer: pruned}")
+    d, _ = step(ControllerState(), None, 0.0, IDLE, p)
+    assert d.config == Config("pruned", 1.0) and "preferred variant" in d.reason
+    night = decide(p, IDLE, Observed(None, None, 0), OPTIONS, ControllerState(), 0.0, dt.time(23, 0))[0]
+    assert night.config == Config("full", 1.0)
+
+
+def test_a_config_no_longer_allowed_is_left_at_once() -> None:
+    p = rule_policy("{temperature_above: 80}", "{allow_variants: [lowres]}")
+    d, _ = step(settled(), 10.0, 1.0, Snapshot(time=0, temperature_c=90), p)
+    assert d.switch and d.config.variant == "lowres" and "not allowed" in d.reason
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.1, 5.0), st.one_of(st.none(), st.floats(1.0, 300.0))), min_size=1, max_size=60))
+def test_never_switches_up_faster_than_the_dwell(trace: list[tuple[float, float | None]]) -> None:
+    accuracy = {o.config: o.accuracy for o in OPTIONS}
+    state = ControllerState()
+    now = 0.0
+    last_switch = None
+    for dt_s, observed in trace:
+        now += dt_s
+        before = state.config
+        d, state = step(state, observed, now)
+        if d.switch and before is not None and accuracy[d.config] > accuracy[before]:
+            assert last_switch is not None and now - last_switch >= 5.0 - 1e-9, (now, last_switch)
+        if d.switch:
+            last_switch = now

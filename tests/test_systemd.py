@@ -1,0 +1,523 @@
+"""The systemd units as `edge-agent systemd install` writes them: they pass `systemd-analyze
+verify`, score at most 1.0 on `systemd-analyze security`, and the daemon runs under the unit's
+own syscall filter, MemoryDenyWriteExecute= and AF_UNIX-only sockets (seccomp, as systemd
+applies them), both binding its socket and socket-activated, with the sd_notify protocol.
+
+Heavy imports (onnxruntime, the daemon) stay inside the tests: this module is also imported by
+the sandboxed child process before it execs the daemon (see `sandbox_exec`)."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TypedDict
+
+import pytest
+
+from agent.paths import SOCKET_NAME
+from agent.systemd_units import (
+    CONFIG_FILE,
+    SERVICE,
+    SOCKET,
+    SYSUSERS,
+    UNIT_SOCKET_PATH,
+    entry_point,
+    exec_word,
+    hidden_by_sandbox,
+    unit_file,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+ANALYZE = shutil.which("systemd-analyze")
+needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
+LIBSECCOMP = ctypes.util.find_library("seccomp")
+UNITS = (SERVICE, SOCKET)
+
+
+# -- reading unit files -----------------------------------------------------------------------
+
+
+def directives(text: str) -> dict[str, list[str]]:
+    """Key -> values in file order, ignoring sections and comments (our units repeat no key across sections)."""
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line[0] in "#;[" or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
+def one(text: str, key: str) -> str:
+    values = directives(text)[key]
+    assert len(values) == 1, f"{key}= appears {len(values)} times"
+    return values[0]
+
+
+def seconds(value: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(ms|s|min|h)?", value)
+    assert match, f"unexpected time span {value!r}"
+    return float(match.group(1)) * {"ms": 0.001, "s": 1, None: 1, "min": 60, "h": 3600}[match.group(2)]
+
+
+# -- fixtures -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def entry() -> Path:
+    """The installed `edge-agent` entry point of this venv, which ExecStart= must name."""
+    path = entry_point(sys.executable)
+    if not path.exists():
+        found = shutil.which("edge-agent")
+        assert found, "no edge-agent entry point: pip install -e . into this venv"
+        path = Path(found)
+    return path
+
+
+def run_cli(entry: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(entry), *args], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "COLUMNS": "200", "ORT_DISABLE_TELEMETRY": "1"}, cwd=REPO,
+    )
+
+
+@pytest.fixture(scope="module")
+def prefix(tmp_path_factory: pytest.TempPathFactory, entry: Path) -> Path:
+    """A root with everything `edge-agent systemd install --prefix ... --enable` wrote."""
+    root = tmp_path_factory.mktemp("root")
+    result = run_cli(entry, "systemd", "install", "--prefix", str(root), "--enable")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return root
+
+
+@pytest.fixture(scope="module")
+def service_text(prefix: Path) -> str:
+    return (prefix / unit_file(SERVICE).target).read_text()
+
+
+@pytest.fixture(scope="module")
+def socket_text(prefix: Path) -> str:
+    return (prefix / unit_file(SOCKET).target).read_text()
+
+
+# -- the installer ----------------------------------------------------------------------------------
+
+
+def test_install_writes_units_whose_exec_start_is_this_venvs_entry_point(prefix: Path, entry: Path, service_text: str) -> None:
+    for name in (SERVICE, SOCKET, SYSUSERS):
+        assert (prefix / unit_file(name).target).is_file(), name
+    assert (prefix / CONFIG_FILE).is_file()
+    command = shlex.split(one(service_text, "ExecStart"))
+    assert command[0] == str(entry)
+    assert command[1:] == ["serve", "--config", "%E/edge-agent/config.yaml"]
+    assert "@EXEC@" not in service_text
+    assert (prefix / unit_file(SOCKET).target).read_text() == (REPO / "systemd" / SOCKET).read_text()
+
+
+def test_install_with_enable_links_the_units_like_systemctl_enable(prefix: Path) -> None:
+    wants = prefix / "etc/systemd/system"
+    assert os.readlink(wants / "multi-user.target.wants" / SERVICE) == f"/etc/systemd/system/{SERVICE}"
+    assert os.readlink(wants / "sockets.target.wants" / SOCKET) == f"/etc/systemd/system/{SOCKET}"
+
+
+def test_install_never_overwrites_an_existing_config(tmp_path: Path, entry: Path) -> None:
+    config = tmp_path / CONFIG_FILE
+    config.parent.mkdir(parents=True)
+    config.write_text("log_level: debug\n")
+    result = run_cli(entry, "systemd", "install", "--prefix", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert config.read_text() == "log_level: debug\n"
+    assert "kept" in result.stdout and "no systemd-sysusers or systemctl was run" in result.stdout
+    assert not (tmp_path / "etc/systemd/system/multi-user.target.wants").exists()
+
+
+def test_render_prints_the_installed_service(prefix: Path, entry: Path, service_text: str) -> None:
+    result = run_cli(entry, "systemd", "render")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == service_text
+
+
+def test_default_config_runs_on_defaults_and_each_line_uncomments_to_a_valid_setting(prefix: Path, tmp_path: Path) -> None:
+    from agent.config import Settings, load_settings
+
+    config = prefix / CONFIG_FILE
+    assert load_settings(config) == load_settings(None)
+    uncommented = tmp_path / "all.yaml"
+    lines = [line[1:] for line in config.read_text().splitlines() if re.match(r"#[a-z_]+: ", line)]
+    assert {line.split(":")[0] for line in lines} == set(Settings.model_fields)
+    uncommented.write_text("\n".join(lines) + "\n")
+    explicit = load_settings(uncommented)
+    assert explicit.socket == Path(UNIT_SOCKET_PATH)
+    assert explicit.socket_mode == 0o660
+    assert explicit.drain_timeout_s == Settings.model_fields["drain_timeout_s"].default
+
+
+def test_exec_word_escapes_specifiers_and_quotes_blanks() -> None:
+    assert exec_word(Path("/opt/edge-agent/venv/bin/edge-agent")) == "/opt/edge-agent/venv/bin/edge-agent"
+    assert exec_word(Path("/opt/100%/$HOME/edge-agent")) == "/opt/100%%/$$HOME/edge-agent"
+    assert exec_word(Path("/opt/my venv/bin/edge-agent")) == '"/opt/my venv/bin/edge-agent"'
+
+
+def test_a_venv_the_sandbox_hides_is_named_with_the_option_that_hides_it() -> None:
+    assert hidden_by_sandbox(Path("/home/pi/venv/bin/edge-agent")) == "ProtectHome=yes hides /home"
+    assert hidden_by_sandbox(Path("/tmp/venv/bin/edge-agent")) == "PrivateTmp=yes hides /tmp"
+    assert hidden_by_sandbox(Path("/opt/edge-agent/venv/bin/edge-agent")) is None
+    assert hidden_by_sandbox(Path("/homestead/edge-agent")) is None
+
+
+# -- what the units promise each other and the daemon ------------------------------------------------
+
+
+def test_socket_unit_listens_where_the_service_would_bind(service_text: str, socket_text: str) -> None:
+    assert one(socket_text, "ListenStream") == str(UNIT_SOCKET_PATH)
+    assert Path("/run") / one(service_text, "RuntimeDirectory") / SOCKET_NAME == UNIT_SOCKET_PATH
+    assert one(socket_text, "Service") == SERVICE
+    assert (one(socket_text, "SocketMode"), one(socket_text, "SocketUser"), one(socket_text, "SocketGroup")) == (
+        "0660", "edge-agent", "edge-agent")
+    # Stopping the service must not delete the directory that holds the socket unit's socket.
+    assert one(service_text, "RuntimeDirectoryPreserve") == "yes"
+
+
+def test_service_waits_for_ready_and_outlasts_the_drain(service_text: str) -> None:
+    from agent.config import Settings
+
+    assert (one(service_text, "Type"), one(service_text, "NotifyAccess")) == ("notify", "main")
+    drain = Settings.model_fields["drain_timeout_s"].default
+    assert seconds(one(service_text, "TimeoutStopSec")) >= drain + 10
+    assert seconds(one(service_text, "WatchdogSec")) >= 10
+    assert one(service_text, "ExecReload") == "/bin/kill -HUP $MAINPID"
+    assert one(service_text, "User") == one(service_text, "Group") == "edge-agent"
+    # The daemon reads /proc/stat, /proc/loadavg and /sys (thermal, power supply) for telemetry.
+    assert "ProcSubset" not in directives(service_text)
+    assert not any("/sys" in v or "/proc" in v for v in directives(service_text).get("InaccessiblePaths", []))
+
+
+@pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="systemd-sysusers is not installed")
+def test_sysusers_file_creates_the_edge_agent_user_and_group(prefix: Path, tmp_path: Path) -> None:
+    conf = tmp_path / "etc/sysusers.d/edge-agent.conf"
+    conf.parent.mkdir(parents=True)
+    shutil.copy(prefix / unit_file(SYSUSERS).target, conf)
+    result = subprocess.run(["systemd-sysusers", f"--root={tmp_path}"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    user = next(line.split(":") for line in (tmp_path / "etc/passwd").read_text().splitlines() if line.startswith("edge-agent:"))
+    group = next(line.split(":") for line in (tmp_path / "etc/group").read_text().splitlines() if line.startswith("edge-agent:"))
+    assert user[3] == group[2], "the user's primary group is group edge-agent"
+    assert user[5] == "/var/lib/edge-agent" and user[6].endswith("nologin")
+
+
+# -- systemd-analyze ---------------------------------------------------------------------------
+
+
+def verify_problems(unit_dir: Path) -> tuple[int, list[str]]:
+    """Exit status and every line of `systemd-analyze verify` that concerns our units. verify
+    exits 0 on an unknown or misspelled directive (it only warns), so the lines are what count;
+    lines about the host's own units or configuration are not ours to fix and are left out."""
+    assert ANALYZE is not None
+    result = subprocess.run(
+        [ANALYZE, "verify", "--man=no", *(str(unit_dir / name) for name in UNITS)],
+        capture_output=True, text=True, timeout=120,
+    )
+    ours = [line for line in (result.stdout + result.stderr).splitlines()
+            if str(unit_dir) in line or any(name in line for name in UNITS)]
+    return result.returncode, ours
+
+
+@needs_analyze
+def test_units_pass_systemd_analyze_verify(prefix: Path) -> None:
+    status, problems = verify_problems(prefix / "etc/systemd/system")
+    assert status == 0 and problems == [], problems
+
+
+@needs_analyze
+def test_verify_check_catches_a_misspelled_directive(service_text: str, socket_text: str, tmp_path: Path) -> None:
+    (tmp_path / SERVICE).write_text(service_text.replace("WatchdogSec=", "WatchdogSecs="))
+    (tmp_path / SOCKET).write_text(socket_text)
+    status, problems = verify_problems(tmp_path)
+    assert any("WatchdogSecs" in line for line in problems), (status, problems)
+
+
+@needs_analyze
+def test_service_exposure_is_at_most_1(prefix: Path) -> None:
+    assert ANALYZE is not None
+    result = subprocess.run(
+        [ANALYZE, "security", "--offline=true", str(prefix / unit_file(SERVICE).target)],
+        capture_output=True, text=True, timeout=120,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", result.stdout)
+    assert match, result.stdout + result.stderr
+    exposure = float(match.group(1))
+    print(f"systemd-analyze security: overall exposure {exposure}")
+    assert exposure <= 1.0, result.stdout
+
+
+# -- the daemon under the unit's seccomp sandbox ---------------------------------------------------
+# systemd is not running here, so the daemon cannot be started as the unit. What would break a
+# Python daemon in this unit is its seccomp side: SystemCallFilter=, MemoryDenyWriteExecute=
+# (a JIT or W+X trampoline in a native library) and RestrictAddressFamilies=. Those are
+# rebuilt from the installed unit with libseccomp, the way systemd builds them, and the real
+# ExecStart= runs under them.
+
+PROT_WRITE, PROT_EXEC, SHM_EXEC = 0x2, 0x4, 0o100000
+SCMP_ACT_ALLOW = 0x7FFF0000
+SCMP_CMP_EQ, SCMP_CMP_MASKED_EQ = 4, 7
+PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
+FAMILIES = {"AF_UNIX": socket.AF_UNIX, "AF_INET": socket.AF_INET, "AF_INET6": socket.AF_INET6}
+
+
+class _ArgCmp(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64), ("datum_b", ctypes.c_uint64)]
+
+
+def syscall_groups() -> dict[str, list[str]]:
+    """systemd's own syscall groups (@system-service, ...), from `systemd-analyze syscall-filter`."""
+    assert ANALYZE is not None
+    out = subprocess.run([ANALYZE, "syscall-filter"], capture_output=True, text=True, check=True, timeout=60).stdout
+    groups: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in out.splitlines():
+        if line.startswith("@"):
+            current = groups.setdefault(line.strip(), [])
+        elif line.startswith("    ") and not line.strip().startswith("#"):
+            current.append(line.strip())
+    return groups
+
+
+def expand(names: list[str], groups: dict[str, list[str]]) -> set[str]:
+    found: set[str] = set()
+    for name in names:
+        found |= expand(groups[name], groups) if name.startswith("@") else {name}
+    return found
+
+
+class SandboxSpec(TypedDict):
+    """The seccomp side of the unit: allowed syscalls, W^X, socket families, errno."""
+
+    allow: list[str]
+    mdwe: bool
+    families: list[int]
+    errno: int
+
+
+def sandbox_spec(service_text: str) -> SandboxSpec:
+    """SystemCallFilter= (allow list minus ~ lists), MemoryDenyWriteExecute=, RestrictAddressFamilies=."""
+    settings = directives(service_text)
+    groups = syscall_groups()
+    allowed: set[str] = set()
+    for value in settings["SystemCallFilter"]:
+        if value.startswith("~"):
+            allowed -= expand(value[1:].split(), groups)
+        else:
+            allowed |= expand(value.split(), groups)
+    return {
+        "allow": sorted(allowed),
+        "mdwe": settings.get("MemoryDenyWriteExecute") == ["yes"],
+        "families": [FAMILIES[f] for f in " ".join(settings["RestrictAddressFamilies"]).split()],
+        "errno": getattr(errno, settings.get("SystemCallErrorNumber", ["EPERM"])[-1]),
+    }
+
+
+def _load_seccomp(spec: SandboxSpec) -> None:
+    lib = ctypes.CDLL(LIBSECCOMP or "libseccomp.so.2")
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint, ctypes.POINTER(_ArgCmp)]
+    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    ctx = lib.seccomp_init(0x00050000 | spec["errno"])  # SCMP_ACT_ERRNO(errno)
+
+    def allow(name: str, *conditions: _ArgCmp) -> None:
+        number = lib.seccomp_syscall_resolve_name(name.encode())
+        if number < 0:
+            return  # not a syscall of this architecture
+        array = (_ArgCmp * max(1, len(conditions)))(*conditions)
+        if lib.seccomp_rule_add_array(ctx, SCMP_ACT_ALLOW, number, len(conditions), array) < 0:
+            raise OSError(f"seccomp rule for {name}")
+
+    allowed = set(spec["allow"])
+    conditional = {"mmap", "mmap2", "mprotect", "pkey_mprotect", "shmat", "socket"}
+    for name in allowed - conditional:
+        allow(name)
+    for family in spec["families"]:
+        allow("socket", _ArgCmp(0, SCMP_CMP_EQ, family, 0))
+    wx = PROT_WRITE | PROT_EXEC
+    w_x = (0, PROT_WRITE, PROT_EXEC) if spec["mdwe"] else (0, PROT_WRITE, PROT_EXEC, wx)
+    for name in {"mmap", "mmap2"} & allowed:
+        for prot in w_x:  # with MemoryDenyWriteExecute: never writable and executable at once
+            allow(name, _ArgCmp(2, SCMP_CMP_MASKED_EQ, wx, prot))
+    for name in {"mprotect", "pkey_mprotect"} & allowed:  # ... and never made executable later
+        for prot in (0,) if spec["mdwe"] else (0, PROT_EXEC):
+            allow(name, _ArgCmp(2, SCMP_CMP_MASKED_EQ, PROT_EXEC, prot))
+    if "shmat" in allowed:
+        allow("shmat", _ArgCmp(2, SCMP_CMP_MASKED_EQ, SHM_EXEC, 0))
+    if lib.seccomp_load(ctx) < 0:
+        raise OSError("seccomp_load failed")
+
+
+def _probe(spec: SandboxSpec) -> None:
+    """Prove the filter is in force, then use what the daemon's telemetry and ctypes use."""
+    import mmap
+
+    if spec["mdwe"]:
+        with pytest.raises(OSError):
+            mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    if socket.AF_INET not in spec["families"]:
+        with pytest.raises(OSError):
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    compare = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)(
+        lambda a, b: ctypes.c_int.from_address(a).value - ctypes.c_int.from_address(b).value
+    )
+    numbers = (ctypes.c_int * 4)(3, 1, 4, 2)
+    ctypes.CDLL(None).qsort(numbers, 4, ctypes.sizeof(ctypes.c_int), compare)  # a libffi closure
+    assert list(numbers) == [1, 2, 3, 4]
+    import psutil
+
+    for read in (psutil.cpu_percent, psutil.getloadavg, psutil.sensors_temperatures, psutil.sensors_battery):
+        read()
+
+
+def sandbox_exec(argv: list[str]) -> None:
+    """Child process: load the unit's seccomp side, probe it, then exec the command in argv
+    (after `--`). With EDGE_TEST_LISTEN_FD set, pass that socket as fd 3 like systemd does."""
+    spec: SandboxSpec = json.loads(Path(argv[0]).read_text())
+    command = argv[argv.index("--") + 1 :]
+    listen_fd = os.environ.pop("EDGE_TEST_LISTEN_FD", None)
+    if spec["mdwe"]:  # systemd >= 254 also sets the kernel's own W^X flag (Linux >= 6.3; fails harmlessly before)
+        ctypes.CDLL(None).prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0)
+    _load_seccomp(spec)
+    _probe(spec)
+    if listen_fd is not None:
+        os.dup2(int(listen_fd), 3)
+        os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))
+    os.execv(command[0], command)
+
+
+@pytest.fixture
+def tiny_zoo(tmp_path: Path) -> Path:
+    """A one-variant zoo (8x8 image -> 2 classes): the sandbox test needs onnxruntime to
+    load and run a model, not the shipped zoo."""
+    import hashlib
+
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    weights = helper.make_tensor("w", TensorProto.FLOAT, [3, 2], [1.0, -1.0, 0.5, -0.5, 0.25, -0.25])
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image"], ["pooled"], axes=[2, 3], keepdims=0),
+         helper.make_node("MatMul", ["pooled", "w"], ["logits"])],
+        "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])], [weights],
+    )
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    model = zoo / "tiny.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    variant = {
+        "name": "tiny", "file": "tiny.onnx", "sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
+        "resolution": 8, "tokens": 0, "token_input": None, "parameters": 6, "size_bytes": model.stat().st_size,
+        "inputs": [{"name": "image", "dtype": "tensor(float)", "shape": ["N", 3, 8, 8]}],
+        "outputs": [{"name": "logits", "dtype": "tensor(float)", "shape": ["N", 2]}],
+    }
+    (zoo / "manifest.json").write_text(json.dumps({"name": "tiny", "classes": ["a", "b"], "variants": [variant]}))
+    return zoo
+
+
+class Notifications:
+    """The $NOTIFY_SOCKET end: the sd_notify messages the daemon sends, in order."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.seen: list[str] = []
+
+    def expect(self, line: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
+        """Wait until a message containing `line` arrives; fail early if the daemon died."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.sock.settimeout(0.5)
+            try:
+                message = self.sock.recv(4096).decode().splitlines()
+            except TimeoutError:
+                if proc.poll() is not None:
+                    pytest.fail(f"daemon exited {proc.returncode} before {line}: {self.seen}\n{log.read_text()[-3000:]}")
+                continue
+            self.seen.extend(message)
+            if line in message:
+                return
+        pytest.fail(f"no {line} within {timeout} s: {self.seen}\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """Socket paths must stay under 108 bytes; pytest's tmp_path can be longer."""
+    with tempfile.TemporaryDirectory(prefix="ea-") as name:
+        yield Path(name)
+
+
+@pytest.mark.skipif(ANALYZE is None or LIBSECCOMP is None, reason="needs systemd-analyze and libseccomp")
+@pytest.mark.parametrize("activation", ["bound", "socket"])
+def test_daemon_serves_under_the_units_seccomp_sandbox(
+    activation: str, prefix: Path, service_text: str, tiny_zoo: Path, short_dir: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from agent.client import Client
+
+    spec = tmp_path / "sandbox.json"
+    spec.write_text(json.dumps(sandbox_spec(service_text)))
+    runtime, log = short_dir / "run", tmp_path / "daemon.log"
+    runtime.mkdir()
+    sock_path = runtime / SOCKET_NAME
+    notify = Notifications(short_dir / "notify")
+    exec_start = shlex.split(one(service_text, "ExecStart").replace("%E", str(prefix / "etc")))
+    unit_env = dict(v.split("=", 1) for v in directives(service_text).get("Environment", []))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_", "WATCHDOG_", "EDGE_AGENT_"))}
+    env.update(unit_env, RUNTIME_DIRECTORY=str(runtime), STATE_DIRECTORY=str(tmp_path / "state"),
+               NOTIFY_SOCKET=str(short_dir / "notify"), WATCHDOG_USEC="1000000", EDGE_AGENT_ZOO=str(tiny_zoo),
+               EDGE_AGENT_WARMUP_RUNS="1", EDGE_AGENT_WORKERS="1", EDGE_AGENT_ORT_THREADS="1")
+    pass_fds: tuple[int, ...] = ()
+    listener = None
+    if activation == "socket":  # what edge-agent.socket does: systemd binds, the daemon inherits fd 3
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(sock_path))
+        listener.listen(16)
+        env["EDGE_TEST_LISTEN_FD"] = str(listener.fileno())
+        pass_fds = (listener.fileno(),)
+    child = "import sys; from tests.test_systemd import sandbox_exec; sandbox_exec(sys.argv[1:])"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", child, str(spec), "--", *exec_start],
+                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, pass_fds=pass_fds)
+    try:
+        notify.expect("READY=1", proc, log)
+        with Client(sock_path) as client:
+            answer = client.classify(np.full((3, 8, 8), 0.5, dtype=np.float32))
+        assert answer["label"] in ("a", "b") and answer["variant"] == "tiny"
+        notify.expect("WATCHDOG=1", proc, log, timeout=10)
+        proc.send_signal(signal.SIGHUP)
+        notify.expect("RELOADING=1", proc, log, timeout=30)
+        notify.expect("READY=1", proc, log, timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        notify.expect("STOPPING=1", proc, log, timeout=30)
+        assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if listener is not None:
+            listener.close()
+    # Its own socket the daemon removes; systemd's (socket activation) it must leave alone.
+    assert sock_path.exists() == (activation == "socket")
