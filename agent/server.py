@@ -441,21 +441,6 @@ def create_app(state: AppState) -> FastAPI:
             body.update(state.extra_status())
         return json_response(body)
 
-    _snap: dict[str, Any] = {}
-
-    @app.get("/debug/mem")
-    async def debug_mem() -> Response:
-        import gc, tracemalloc
-        gc.collect()
-        snap = tracemalloc.take_snapshot()
-        out: dict[str, Any] = {"objects": len(gc.get_objects()), "traced_mb": tracemalloc.get_traced_memory()[0] / 2**20}
-        if "base" in _snap:
-            stats = snap.compare_to(_snap["base"], "lineno")
-            out["top"] = [str(st) for st in stats[:25]]
-        else:
-            _snap["base"] = snap
-        return json_response(out)
-
     @app.get("/metrics")
     async def metrics_route() -> Response:
         metrics.inflight.set(runner.inflight)

@@ -69,6 +69,7 @@ def main() -> None:
     results: dict[str, object] = {**header(), "workers": settings.workers, "ort_threads": settings.ort_threads}
     rows = []
     with running_daemon() as (_, sock), Client(sock) as client:
+        client.pin("full@1", 3600, "overhead bench: the same configuration as in process")
         for kind, (body, ctype) in bodies.items():
             for _ in range(20):
                 client.classify(body, ctype)
