@@ -127,7 +127,7 @@ def _plot(records: list[Record], schedule: list[Any], phase_s: float, slo_ms: fl
     ax.axhline(slo_ms, color="r", ls="--", label="SLO")
     for i, p in enumerate(schedule):
         if i % 2:
-            ax.axvspan(i * phase_s, (i + 1) * phase_s, color="0.92")
+            ax.axvspan(i * phase_s, (i + 1) * phase_s, color="0.92", zorder=0)
         ax.text(i * phase_s + 0.2, 3.7 * slo_ms, p.name, fontsize=8)
     ax.set_ylim(0, 4 * slo_ms)
     ax.set_xlabel("seconds")

@@ -142,7 +142,7 @@ def plot(agent: dict[str, Any], runs: list[dict[str, Any]], phases: list[Any], p
     ax.axhline(slo, color="r", ls="--", label=f"SLO {slo:g} ms")
     for i, p in enumerate(phases):
         if i % 2:
-            ax.axvspan(i * phase_s, (i + 1) * phase_s, color="0.92")
+            ax.axvspan(i * phase_s, (i + 1) * phase_s, color="0.92", zorder=0)
         ax.text(i * phase_s + 0.5, 3.6 * slo, p.name, fontsize=8)
     ax.set_ylim(0, 4 * slo)
     ax.set_xlabel("seconds")
