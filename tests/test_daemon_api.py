@@ -190,7 +190,9 @@ def test_body_over_the_limit_is_413_without_reading_it(daemon, http: httpx.Clien
             b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1073741824\r\n\r\n"
         )
         head = s.recv(65536).decode()
-    assert head.startswith("HTTP/1.1 413") and '"payload_too_large"' in head
+    # The status and JSON headers come at once. The body can be lost: uvicorn closes a connection that still
+    # declares a gigabyte unread, and the unread data may reset it before the body is flushed (seen on CI).
+    assert head.startswith("HTTP/1.1 413") and "content-type: application/json" in head.lower()
     big = b"\x89PNG" + b"0" * (9 * 1024 * 1024)
     assert_error(
         http.post("/v1/classify", content=big, headers={"content-type": "image/png"}), 413, "payload_too_large"
