@@ -170,13 +170,17 @@ def test_1000_switches_under_4_clients_lose_nothing(tmp_path: Path) -> None:
                     answers.append((sent, time.monotonic(), f"{a['variant']}@{a['budget']:g}"))
                 i += 1
 
+    switches: list[tuple[float, float, str]] = []  # (sent, answered, config)
+    with d.client() as admin:  # pin before the stream starts: the controller may not move it meanwhile
+        sent = time.monotonic()
+        admin.pin(configs[0], 600, "switch test")
+        switches.append((sent, time.monotonic(), configs[0]))
     threads = [threading.Thread(target=stream, args=(k,)) for k in range(4)]
     for t in threads:
         t.start()
-    switches: list[tuple[float, float, str]] = []  # (sent, answered, config)
     try:
         with d.client() as admin:
-            for n in range(1000):
+            for n in range(1, 1001):
                 cfg = configs[n % len(configs)]
                 sent = time.monotonic()
                 admin.pin(cfg, 600, "switch test")
