@@ -16,26 +16,26 @@ from pathlib import Path
 import pytest
 
 from agent.client import ClientError
+from agent.controller import Option, options_from_manifest
+from agent.manifest import latency_table, load_manifest
+from agent.zoo import default_zoo_dir
 from model_zoo import data
 from tests.daemon import REPO, DaemonProcess
 
 BROKEN = sorted((REPO / "tests" / "policies_broken").iterdir())
 
 
-def most_accurate_option():  # type: ignore[no-untyped-def]
-    """The option the controller picks when everything is feasible: highest test accuracy in
-    the manifest, the faster one on a tie."""
-    from agent.controller import options_from_manifest
-    from agent.manifest import latency_table, load_manifest
-    from agent.zoo import default_zoo_dir
-
+def manifest_options(variants: set[str] | None = None) -> list[Option]:
+    """The options the daemon's controller sees (shipped profile, 1 ORT thread, p95)."""
     manifest = load_manifest(default_zoo_dir() / "manifest.json")
-    options = options_from_manifest(manifest, latency_table(manifest, None), {v.name for v in manifest.variants}, 1, 95)
-    return max(options, key=lambda o: (o.accuracy, -o.profiled_ms))
+    names = variants if variants is not None else {v.name for v in manifest.variants}
+    return options_from_manifest(manifest, latency_table(manifest, None), names, 1, 95)
 
 
 def most_accurate() -> str:
-    return str(most_accurate_option().config)
+    """The configuration the controller picks when everything is feasible: highest test
+    accuracy in the manifest, the faster one on a tie."""
+    return str(max(manifest_options(), key=lambda o: (o.accuracy, -o.profiled_ms)).config)
 
 
 def eventually(check: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> object:
@@ -134,11 +134,7 @@ def test_battery_rule_applies_from_injected_telemetry(tmp_path: Path) -> None:
                            "EDGE_AGENT_TELEMETRY_INTERVAL_S": "0.2"}).start()
     try:
         with d.client() as c:
-            from agent.manifest import load_manifest
-            from agent.zoo import default_zoo_dir
-
-            manifest = load_manifest(default_zoo_dir() / "manifest.json")
-            best = max((v.accuracy_at(b) or 0, -b, f"{v.name}@{b:g}") for v in manifest.variants for b in v.budgets)[2]
+            best = most_accurate()
             eventually(lambda: c.status()["config"]["current"] == best, 20, "the most accurate configuration (loose SLO, on AC)")
             override.write_text(json.dumps({"battery_percent": 15, "on_ac": False}))
 
@@ -174,12 +170,7 @@ def test_real_contention_steps_down_and_back_up(tmp_path: Path) -> None:
 
     # Two configurations with a real accuracy gap (the test split is saturated across budgets, so
     # budgets of one variant tie): full@1 meets the SLO idle (profiled p95 x 1.8), not with every core busy.
-    from agent.controller import options_from_manifest
-    from agent.manifest import latency_table, load_manifest
-    from agent.zoo import default_zoo_dir
-
-    manifest = load_manifest(default_zoo_dir() / "manifest.json")
-    options = {str(o.config): o for o in options_from_manifest(manifest, latency_table(manifest, None), {"full", "lowres"}, 1, 95)}
+    options = {str(o.config): o for o in manifest_options({"full", "lowres"})}
     assert options["full@1"].accuracy > options["lowres@1"].accuracy
     slo = round(options["full@1"].profiled_ms * 1.8, 1)
     policy = tmp_path / "policy.yaml"
