@@ -62,18 +62,23 @@ def image_to_input(image: Image.Image | NDArray[np.uint8], size: int) -> NDArray
     return np.ascontiguousarray(arr.transpose(2, 0, 1)[None])
 
 
-def check_npy_header(body: bytes) -> None:
-    """Refuse an .npy header whose dtype is not float32 or whose shape does not match the bytes
-    that follow, before numpy allocates the array it declares (a lying header is a memory bomb)."""
+def decode_npy(body: bytes) -> NDArray[np.float32]:
+    """A float32 tensor from an .npy body, read in place from the body's bytes (no copy).
+
+    The header is checked before anything is allocated: its dtype must be float32 and its
+    shape must match the bytes that follow (a lying header is a memory bomb), and pickled
+    objects or .npz archives are not .npy tensors."""
+    if not body:
+        raise BadInput("empty request body: expected an .npy tensor")
     if not body.startswith(np.lib.format.MAGIC_PREFIX):
-        return  # not an .npy file: np.load refuses it (or finds an archive)
+        raise BadInput("body is not an .npy file (no \\x93NUMPY magic); send one array saved with numpy.save")
     stream = io.BytesIO(body)
     try:
         version = np.lib.format.read_magic(stream)
         if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
         elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
         else:
             raise BadInput(f"unsupported .npy format version {version[0]}.{version[1]}; send version 1.0 or 2.0")
     # numpy parses the header with ast.literal_eval, which lets tokenize.TokenError through too.
@@ -81,27 +86,14 @@ def check_npy_header(body: bytes) -> None:
         raise BadInput(f"cannot decode .npy body: {exc}") from exc
     if dtype != np.float32:
         raise InvalidTensor(f"expected dtype float32, got {dtype}")
-    needed, available = math.prod(shape) * dtype.itemsize, len(body) - stream.tell()
+    offset = stream.tell()
+    needed, available = math.prod(shape) * dtype.itemsize, len(body) - offset
     if needed != available:
         raise BadInput(
             f".npy header declares shape {shape} ({needed} bytes) but the body holds {available} bytes of data"
         )
-
-
-def decode_npy(body: bytes) -> NDArray[np.float32]:
-    """A float32 tensor from an .npy body; pickled objects and lying headers are refused."""
-    if not body:
-        raise BadInput("empty request body: expected an .npy tensor")
-    check_npy_header(body)
-    try:
-        arr = np.load(io.BytesIO(body), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise BadInput(f"cannot decode .npy body: {exc}") from exc
-    if not isinstance(arr, np.ndarray):
-        raise InvalidTensor("expected a single array, not an archive")
-    if arr.dtype != np.float32:
-        raise InvalidTensor(f"expected dtype float32, got {arr.dtype}")
-    return arr
+    flat = np.frombuffer(body, dtype=dtype, count=math.prod(shape), offset=offset)
+    return flat.reshape(shape, order="F" if fortran else "C")
 
 
 def open_image(body: bytes) -> Image.Image:

@@ -38,7 +38,19 @@ class Settings(BaseSettings):
     ort_threads: int = Field(default=0, ge=0, le=64, description="0: cores // workers")
     queue_size: int = Field(default=32, ge=0, le=10_000, description="Requests waiting beyond the workers")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="Answer 431 and close when a request's headers grow past this"
+    )
     drain_timeout_s: float = Field(default=10.0, ge=0)
+    idle_timeout_s: float = Field(
+        default=10.0, gt=0, description="Close a connection with no request under way (new or kept alive) after this"
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="Answer 408 and close if request headers take longer, from their first byte"
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="Answer 408 and close if a request body takes longer, from its headers"
+    )
     admin_uids: list[int] = Field(default_factory=list, description="Besides root and the daemon's own uid")
     default_variant: str = "full"
     default_budget: float = Field(default=1.0, gt=0, le=1)

@@ -153,7 +153,7 @@ def decide(
 
     base = replace(state, slowdown=slowdown)
     if current is None or current not in predicted:
-        why = "start" if state.config is None else f"{state.config} is not allowed now"
+        why = "start" if state.config is None else f"{state.config} is not allowed or not available now"
         return decision(target.config, True, f"{why}: {why_target}", replace(base, config=target.config, last_switch_at=now, better_since=None))
 
     violated = observed.config == current and observed.percentile_ms is not None and observed.count >= MIN_SAMPLES \

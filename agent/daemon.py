@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
-import struct
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -21,12 +21,14 @@ from typing import Any
 
 import structlog
 import uvicorn
+import uvloop
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from prometheus_client import Counter
 
 from agent import sdnotify
 from agent.adaptive import AdaptiveLoop
 from agent.config import Settings, load_settings
+from agent.connections import ConnectionLimits, RequestLimit, protocol_class
 from agent.errors import AgentError
 from agent.listener import bind_unix, remove_socket, socket_identity, systemd_socket
 from agent.logs import configure_logging
@@ -34,23 +36,10 @@ from agent.metrics import Metrics
 from agent.paths import state_dir
 from agent.runner import Config, Pin, Runner, Switch
 from agent.server import AppState, create_app
-from agent.telemetry import make_source
+from agent.telemetry import GuardedSource, make_source
 from agent.zoo import SessionSettings, open_zoo
 
 log = structlog.get_logger(__name__)
-
-_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-
-
-class PeerCredProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP protocol, plus the peer's uid from SO_PEERCRED in `scope["state"]`."""
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family == socket.AF_UNIX:
-            pid, uid, gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-            self.app_state = {**self.app_state, "peer_uid": uid, "peer_pid": pid, "peer_gid": gid}
 
 
 class _Server(uvicorn.Server):
@@ -79,6 +68,12 @@ class Daemon:
         self.config_file = config_file
         self.overrides = overrides or {}
         self.metrics = Metrics()
+        self.connection_timeouts = Counter(
+            "edge_agent_connection_timeouts_total",
+            "Connections closed for a timeout, by phase (idle, keepalive, headers, body)",
+            ["phase"],
+            registry=self.metrics.registry,
+        )
         self.server: _Server | None = None
         self.state: AppState | None = None
         self.adaptive: AdaptiveLoop | None = None
@@ -111,8 +106,10 @@ class Daemon:
             ort_threads=s.ort_threads,
         )
         runner.on_switch.append(self._switched)
+        runner.on_pin.append(lambda _: self._save_pin())
         self.metrics.set_config(initial.variant, initial.budget)
-        self.adaptive = AdaptiveLoop(runner, make_source(s), s.policy, self.metrics, s.ort_threads, s.state_dir)
+        telemetry = GuardedSource(make_source(s), s.telemetry_interval_s)
+        self.adaptive = AdaptiveLoop(runner, telemetry, s.policy, self.metrics, s.ort_threads, s.state_dir)
         if self.adaptive.store.last_error:
             log.error("policy_invalid_at_start", error=self.adaptive.store.last_error, using="built-in fallback policy")
         self.adaptive.sample_telemetry()
@@ -167,8 +164,9 @@ class Daemon:
     # -- reload (SIGHUP, POST /v1/policy/reload) ------------------------------------------------------
 
     def reload(self) -> dict[str, Any]:
-        """SIGHUP and POST /v1/policy/reload: re-read the policy (last good kept on error) and the
-        config file (settings that need a restart are reported, not applied)."""
+        """SIGHUP and POST /v1/policy/reload: re-read the policy (last good kept on error), check
+        the zoo's files against the manifest again (a changed or vanished one goes out of service)
+        and re-read the config file (settings that need a restart are reported, not applied)."""
         sdnotify.reloading()
         answer: dict[str, Any] = {"reloaded": True}
         if self.adaptive is not None:
@@ -179,6 +177,10 @@ class Daemon:
                 answer["error"] = result.error
                 if self.state:
                     self.state.last_error = result.error
+            retired = self.adaptive.recheck_zoo()
+            answer["out_of_service"] = retired
+            if retired and self.state:
+                self.state.last_error = "; ".join(retired.values())
         try:
             fresh = load_settings(self.config_file, **self.overrides)
         except AgentError as exc:
@@ -195,7 +197,9 @@ class Daemon:
             answer["need_restart"] = [k for k in changed if k not in live]
             log.info("config_reloaded", changed=changed, need_restart=answer["need_restart"])
         current = self.state.runner.current if self.state else ""
-        sdnotify.notify("READY=1", f"STATUS=serving {current}" + ("" if answer["reloaded"] else " (last reload failed)"))
+        sdnotify.notify(
+            "READY=1", f"STATUS=serving {current}" + ("" if answer["reloaded"] else " (last reload failed)")
+        )
         return answer
 
     # -- run ------------------------------------------------------------------------------------------
@@ -270,9 +274,32 @@ class Daemon:
         finally:
             scheduler.shutdown(wait=False)
 
+    def _uvicorn_config(self, state: AppState) -> uvicorn.Config:
+        """The requests handled at once are bounded here rather than by uvicorn's
+        limit_concurrency, which also counts idle connections (see agent/connections.py)."""
+        s = self.settings
+        limits = ConnectionLimits(
+            idle_s=s.idle_timeout_s,
+            header_s=s.header_timeout_s,
+            body_s=s.body_timeout_s,
+            max_header_bytes=s.max_header_bytes,
+            on_timeout=lambda phase: self.connection_timeouts.labels(phase=phase).inc(),
+        )
+        refused = self.metrics.shed.labels(reason="concurrency")
+        return uvicorn.Config(
+            RequestLimit(create_app(state), s.queue_size + s.workers + 256, refused.inc),
+            http=protocol_class(limits),
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=max(1, round(s.drain_timeout_s)),
+            server_header=False,
+        )
+
     def run(self) -> int:
         s = self.settings
         identity: tuple[int, int] | None = None
+        raise_fd_limit()
         try:
             activated = systemd_socket()
             self.state = self._load()
@@ -286,27 +313,31 @@ class Daemon:
             log.error("start_failed", error=exc.message)
             sdnotify.notify(f"STATUS=failed: {exc.message}")
             return 1
-        config = uvicorn.Config(
-            create_app(self.state),
-            http=PeerCredProtocol,
-            loop="uvloop",
-            lifespan="off",
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=max(1, round(s.drain_timeout_s)),
-            timeout_keep_alive=5,
-            limit_concurrency=s.queue_size + s.workers + 256,
-            server_header=False,
-        )
-        self.server = _Server(config, self._on_listening)
+        self.server = _Server(self._uvicorn_config(self.state), self._on_listening)
         try:
-            asyncio.run(self._serve(sock))
+            # uvicorn.Config(loop=...) only applies inside uvicorn.run(); the loop is chosen here.
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:
+                loop_runner.run(self._serve(sock))
         finally:
             self.state.runner.close(wait=True)
             if identity is not None:
                 remove_socket(s.socket, identity)
         log.info("stopped", signal=signal.Signals(self._stop_signal).name if self._stop_signal else None)
         return 0
+
+
+def raise_fd_limit() -> None:
+    """Each connection holds a descriptor, and the usual soft limit (1024) is far below the hard
+    one; nothing here uses select(), so take the hard limit, as systemd advises such programs."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("fd_limit_not_raised", soft=soft, hard=hard, error=str(exc))
+        return
+    log.info("fd_limit_raised", old=soft, new=hard)
 
 
 def serve(config_file: Path | None = None, **overrides: Any) -> int:

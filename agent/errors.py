@@ -59,5 +59,14 @@ class ZooError(AgentError):
 
 
 class VariantUnavailable(ZooError):
+    """The variant is out of service: its file no longer matches the manifest."""
+
     code = "variant_unavailable"
     status = 503
+
+
+class InferenceFailed(AgentError):
+    """onnxruntime raised while running a variant: the model failed, not the request's format."""
+
+    code = "inference_failed"
+    status = 500

@@ -21,10 +21,13 @@ import numpy as np
 import structlog
 from numpy.typing import NDArray
 
-from agent.errors import BadInput, NotFound, Overloaded
+from agent.errors import BadInput, InferenceFailed, NotFound, Overloaded, VariantUnavailable
+from agent.health import VariantHealth
 from agent.zoo import LoadedVariant, Prediction, Zoo
 
 log = structlog.get_logger(__name__)
+
+ESTIMATE_PROBE_S = 0.5  # how often a deadline request may run although the estimate says it is late
 
 
 @dataclass(frozen=True, order=True)
@@ -87,7 +90,9 @@ class LatencyWindow:
             items = list(self._items)
         return np.array([v for t, v, c in items if t >= since and (config is None or c == config)], dtype=np.float64)
 
-    def percentile(self, now: float, q: float, span_s: float | None = None, config: Config | None = None) -> tuple[float | None, int]:
+    def percentile(
+        self, now: float, q: float, span_s: float | None = None, config: Config | None = None
+    ) -> tuple[float | None, int]:
         """The q-th percentile of answered requests (refused ones count as infinitely slow)."""
         values = self.values(now, span_s, config)
         if not len(values):
@@ -122,6 +127,7 @@ class Runner:
 
     def __init__(self, zoo: Zoo, initial: Config, workers: int, queue_size: int, window_s: float = 30.0) -> None:
         self.zoo = zoo
+        self.health = VariantHealth()
         self.workers = workers
         self.capacity = workers + queue_size
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="ort-worker")
@@ -134,7 +140,10 @@ class Runner:
         self.history: deque[Switch] = deque(maxlen=20)
         self.window = LatencyWindow(window_s)
         self._service_ms: dict[Config, float] = {}
+        self._service_at: dict[Config, float] = {}  # monotonic time of each estimate's last update
         self.on_switch: list[Callable[[Switch], None]] = []
+        #: Called with the new pin (None: removed) whenever it changes, so it can be persisted.
+        self.on_pin: list[Callable[[Pin | None], None]] = []
 
     # -- configuration -------------------------------------------------------------------
 
@@ -161,7 +170,25 @@ class Runner:
         if config.budget not in variant.spec.budgets:
             allowed = ", ".join(f"{b:g}" for b in variant.spec.budgets)
             raise BadInput(f"budget {config.budget:g} is not offered by {config.variant} (offered: {allowed})")
+        self._refuse_out_of_service(config.variant)
         return config
+
+    def _refuse_out_of_service(self, variant: str) -> None:
+        reason = self.health.out_of_service(variant)
+        if reason is not None:
+            raise VariantUnavailable(f"variant {variant} is out of service: {reason}")
+
+    def retire(self, variant: str, reason: str) -> None:
+        """Serve nothing more from `variant` (its file no longer matches the manifest); a pin on
+        it is lifted, since it cannot be honoured. Moving the configuration off it is the caller's."""
+        self.health.retire(variant, reason)
+        pin = self._pin
+        if pin is not None and pin.config.variant == variant:
+            self.unpin(f"pinned variant {variant} is out of service")
+
+    def restore(self, variant: str) -> None:
+        """Serve `variant` again: a reload found its file matching the manifest once more."""
+        self.health.restore(variant)
 
     def switch(self, config: Config, reason: str, *, force: bool = False) -> bool:
         """Make `config` the configuration in force. Ignored (False) while pinned unless forced."""
@@ -188,10 +215,9 @@ class Runner:
         self.check(config)
         pin = Pin(config, time.time() + seconds, reason)
         with self._lock:
-            self._pin = None
+            self._pin = pin  # before the switch, so its callbacks already see the pin
         self.switch(config, f"pinned: {reason}", force=True)
-        with self._lock:
-            self._pin = pin
+        self._pinned(pin)
         return pin
 
     def unpin(self, reason: str = "unpinned") -> bool:
@@ -201,7 +227,12 @@ class Runner:
                 self._reason = reason
         if had:
             log.info("pin_removed", reason=reason)
+            self._pinned(None)
         return had
+
+    def _pinned(self, pin: Pin | None) -> None:
+        for callback in self.on_pin:
+            callback(pin)
 
     def expire_pin(self, now: float) -> None:
         pin = self._pin
@@ -230,29 +261,46 @@ class Runner:
         with self._lock:
             self._inflight -= 1
 
+    def _admit(self, config: Config, deadline_ms: float | None) -> bool:
+        """Raise Overloaded if a request for `config` cannot be served now (call with the lock
+        held); True if it is admitted as a probe of a stale estimate."""
+        inflight = self._inflight
+        ahead = max(0, inflight - self.workers + 1)
+        predicted = self.expected_service_ms(config) * (1 + math.ceil(ahead / self.workers))
+        if inflight >= self.capacity:
+            self.window.add(time.monotonic(), math.inf, config)
+            raise Overloaded(f"queue full ({inflight} requests admitted)", retry_after_s=max(0.001, predicted / 1000))
+        # Only requests that run update the estimate: if it alone refuses every request with
+        # this deadline (nothing ahead), one runs now and then as a probe, or an estimate from
+        # a busy moment would refuse such requests forever.
+        probe = (
+            deadline_ms is not None
+            and ahead == 0
+            and time.monotonic() - self._service_at.get(config, 0.0) > ESTIMATE_PROBE_S
+        )
+        if deadline_ms is not None and predicted > deadline_ms and not probe:
+            self.window.add(time.monotonic(), math.inf, config)
+            raise Overloaded(
+                f"deadline {deadline_ms:g} ms cannot be met: predicted {predicted:.1f} ms "
+                f"({ahead} requests ahead of it)",
+                retry_after_s=predicted / 1000,
+            )
+        return probe
+
+    def check_admission(self, deadline_ms: float | None = None, fixed: Config | None = None) -> None:
+        """Refuse (Overloaded) before the request body is even read, when it would be refused
+        anyway: under overload a refusal then costs a few microseconds, not a body's decode."""
+        with self._lock:
+            self._admit(fixed or self._current, deadline_ms)
+
     async def submit(self, prepare: Prepare, deadline_ms: float | None = None, fixed: Config | None = None) -> Outcome:
         """Admit, queue and run one request; refuse at once (503) what cannot be served in time."""
         config = fixed or self._current
-        service = self.expected_service_ms(config)
         with self._lock:
-            inflight = self._inflight
-            ahead = max(0, inflight - self.workers + 1)
-            predicted = service * (1 + math.ceil(ahead / self.workers))
-            if inflight >= self.capacity:
-                self.window.add(time.monotonic(), math.inf, config)
-                raise Overloaded(
-                    f"queue full ({inflight} requests admitted)", retry_after_s=max(0.001, predicted / 1000)
-                )
-            if deadline_ms is not None and predicted > deadline_ms:
-                self.window.add(time.monotonic(), math.inf, config)
-                raise Overloaded(
-                    f"deadline {deadline_ms:g} ms cannot be met: predicted {predicted:.1f} ms "
-                    f"({ahead} requests ahead of it)",
-                    retry_after_s=predicted / 1000,
-                )
+            probe = self._admit(config, deadline_ms)
             self._inflight += 1
         enqueued = time.perf_counter()
-        deadline_at = enqueued + deadline_ms / 1000 if deadline_ms is not None else None
+        deadline_at = enqueued + deadline_ms / 1000 if deadline_ms is not None and not probe else None
         try:
             future = self._executor.submit(self._work, prepare, enqueued, deadline_at, fixed)
         except RuntimeError:  # executor shut down while draining
@@ -265,17 +313,26 @@ class Runner:
     def _work(self, prepare: Prepare, enqueued: float, deadline_at: float | None, fixed: Config | None) -> Outcome:
         started = time.perf_counter()
         config = fixed or self._current  # captured once: this request runs on it to the end
+        self._refuse_out_of_service(config.variant)
         variant = self.zoo.variants[config.variant]
         if deadline_at is not None and started + self.expected_service_ms(config) / 1000 > deadline_at:
             self.window.add(time.monotonic(), math.inf, config)
             raise Overloaded("deadline passed while queued", retry_after_s=self.expected_service_ms(config) / 1000)
         x = prepare(variant)
-        prediction = variant.run(x, config.budget)
+        try:
+            prediction = variant.run(x, config.budget)
+        except InferenceFailed as exc:
+            log.warning("inference_failed", variant=config.variant, error=exc.message)
+            self.health.record(config.variant, False, time.monotonic(), exc.message)
+            raise
+        self.health.record(config.variant, True, time.monotonic())
         done = time.perf_counter()
         compute_ms = (done - started) * 1000
         queue_ms = (started - enqueued) * 1000
-        old = self._service_ms.get(config)
-        self._service_ms[config] = compute_ms if old is None else 0.8 * old + 0.2 * compute_ms
+        old, now = self._service_ms.get(config), time.monotonic()
+        stale = now - self._service_at.get(config, 0.0) > ESTIMATE_PROBE_S  # an old estimate says nothing now
+        self._service_ms[config] = compute_ms if old is None or stale else 0.8 * old + 0.2 * compute_ms
+        self._service_at[config] = now
         self.window.add(time.monotonic(), queue_ms + compute_ms, config)
         return Outcome(config, prediction, queue_ms, compute_ms)
 

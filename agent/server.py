@@ -1,7 +1,8 @@
 """HTTP routes (FastAPI on uvicorn, over the Unix socket) and the one place errors become JSON.
 
-Request path of `/v1/classify`, top to bottom: decode (header on the loop, pixels in the
-worker) -> runner.submit (admit, queue, run) -> encode.
+Request path of `/v1/classify`, top to bottom: admission check (refuse before reading the
+body) -> decode (header on the loop, pixels in the worker) -> runner.submit (admit, queue,
+run) -> encode.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from agent.api import (
     ErrorBody,
     PinAnswer,
     PinRequest,
-    Score,
     V2InferRequest,
     V2ModelMetadata,
     V2TensorMeta,
@@ -207,27 +207,28 @@ def create_app(state: AppState) -> FastAPI:
         return uid
 
     def answer(outcome: Outcome, explain: bool) -> dict[str, Any]:
-        probs = outcome.prediction.probs[0]
-        order = np.argsort(-probs)[:3]
-        top = [Score(label=zoo.classes[i], score=round(float(probs[i]), 6)) for i in order]
+        """The `Classification` answer as a plain dict: built on the event loop for every request,
+        so it skips pydantic (the route's response_model still documents it)."""
+        probs = outcome.prediction.probs[0].tolist()
+        order = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)[:3]
+        top = [{"label": zoo.classes[i], "score": round(probs[i], 6)} for i in order]
         metrics.inference_seconds.labels(variant=outcome.config.variant).observe(
             (outcome.queue_ms + outcome.compute_ms) / 1000
         )
         metrics.queue_seconds.observe(outcome.queue_ms / 1000)
-        attention = None
+        result: dict[str, Any] = {
+            "label": top[0]["label"],
+            "score": top[0]["score"],
+            "top": top,
+            "variant": outcome.config.variant,
+            "budget": outcome.config.budget,
+            "kept_tokens": outcome.prediction.kept_tokens,
+            "queue_ms": round(outcome.queue_ms, 3),
+            "compute_ms": round(outcome.compute_ms, 3),
+        }
         if explain and outcome.prediction.attention is not None:
-            attention = np.round(outcome.prediction.attention[0], 5).tolist()
-        return Classification(
-            label=top[0].label,
-            score=top[0].score,
-            top=top,
-            variant=outcome.config.variant,
-            budget=outcome.config.budget,
-            kept_tokens=outcome.prediction.kept_tokens,
-            queue_ms=round(outcome.queue_ms, 3),
-            compute_ms=round(outcome.compute_ms, 3),
-            attention=attention,
-        ).model_dump(exclude_none=True)
+            result["attention"] = np.round(outcome.prediction.attention[0], 5).tolist()
+        return result
 
     @app.post(
         "/v1/classify",
@@ -254,6 +255,7 @@ def create_app(state: AppState) -> FastAPI:
             raise UnsupportedMediaType(
                 f"Content-Type {kind or '(none)'!r} is not supported; send image/png, image/jpeg or application/x-npy"
             )
+        runner.check_admission(deadline_ms)  # a refusal should not wait for the body's decode
         body = await read_body(request, settings.max_body_bytes)
         if kind in IMAGE_TYPES:
             image = open_image(body)
@@ -315,8 +317,9 @@ def create_app(state: AppState) -> FastAPI:
 
     @app.get("/v2/models/{name}/ready")
     async def v2_model_ready(name: str) -> Response:
-        v2_target(name)
-        ok = state.ready and not state.draining
+        fixed, _ = v2_target(name)
+        retired = fixed is not None and runner.health.out_of_service(name) is not None
+        ok = state.ready and not state.draining and not retired
         return json_response({"name": name, "ready": ok}, 200 if ok else 503)
 
     @app.post("/v2/models/{name}/infer")

@@ -4,11 +4,15 @@ Three sources, chosen by `Settings.telemetry_source`: the live device (`PsutilSo
 device with an operator's override file merged over it (`FileOverrideSource`, to rehearse a
 hot or unplugged gateway) and a recorded trace replayed in real time (`TraceSource`). None of
 them raises from `read`: the daemon's telemetry job must keep ticking whatever a sensor does.
+A read can still *block* (a hung sensor driver, an override path that became a FIFO), so the
+daemon wraps its source in `GuardedSource`, which gives every read a deadline.
 """
 
 from __future__ import annotations
 
+import threading
 from bisect import bisect_right
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -128,6 +132,67 @@ class TraceSource:
         return replace(self.entry_at(now).snapshot, time=now)
 
 
+#: The longest a telemetry read may take before its last reading is reported stale instead.
+MAX_READ_WAIT_S = 1.0
+#: Every field a reading carries: all of them are stale while the source itself is stuck.
+READING_FIELDS = tuple(name for name in Snapshot.__dataclass_fields__ if name not in ("time", "stale"))
+
+
+class GuardedSource:
+    """`base.read` in a thread of its own, waited for at most half the sampling interval (at
+    most `MAX_READ_WAIT_S`), so a read that blocks cannot stall the telemetry job, the
+    scheduler's threads (whose exit the interpreter waits for) or the daemon's start.
+
+    A read past its deadline, or one that raises, yields the last good reading restamped `now`
+    with every field stale, logged once per episode. Only one read is ever in flight: a stuck
+    one is waited on at each later call (and used once it returns) rather than joined by a
+    second thread on the same, not thread-safe, source, so stuck threads never pile up.
+    """
+
+    def __init__(self, base: TelemetrySource, interval_s: float) -> None:
+        self.base = base
+        self.timeout_s = min(MAX_READ_WAIT_S, interval_s / 2)
+        self._last = Snapshot(time=0.0)
+        self._pending: Future[Snapshot] | None = None
+        self._failing: str | None = None
+
+    def read(self, now: float) -> Snapshot:
+        if self._pending is None:
+            self._pending = self._start(now)
+        try:
+            snapshot = self._pending.result(timeout=self.timeout_s)
+        except TimeoutError:
+            return self._stale(now, f"no reading within {self.timeout_s:g} s; the read is still blocked")
+        except Exception as exc:  # a source that breaks its never-raise promise
+            self._pending = None
+            return self._stale(now, f"{type(exc).__name__}: {exc}")
+        self._pending = None
+        if self._failing is not None:
+            log.info("telemetry_source_recovered", was=self._failing)
+            self._failing = None
+        self._last = replace(snapshot, time=now)  # a late reading is stamped when it is used
+        return self._last
+
+    def _start(self, now: float) -> Future[Snapshot]:
+        future: Future[Snapshot] = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(self.base.read(now))
+            except Exception as exc:
+                future.set_exception(exc)
+
+        # A daemon thread: one stuck in the kernel must not hold up the process's exit.
+        threading.Thread(target=run, name="telemetry-read", daemon=True).start()
+        return future
+
+    def _stale(self, now: float, error: str) -> Snapshot:
+        if error != self._failing:
+            self._failing = error
+            log.warning("telemetry_source_failed", error=error, kept_from=self._last.time or None)
+        return replace(self._last, time=now, stale=READING_FIELDS)
+
+
 def make_source(settings: Settings) -> TelemetrySource:
     """The source `settings.telemetry_source` names; AgentError if its file is not configured."""
     if settings.telemetry_source == "psutil":
@@ -143,6 +208,7 @@ def make_source(settings: Settings) -> TelemetrySource:
 
 __all__ = [
     "FileOverrideSource",
+    "GuardedSource",
     "PsutilSource",
     "Snapshot",
     "TelemetrySource",

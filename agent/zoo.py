@@ -12,7 +12,7 @@ import onnxruntime as ort
 import structlog
 from numpy.typing import NDArray
 
-from agent.errors import ZooError
+from agent.errors import InferenceFailed, ZooError
 from agent.manifest import Manifest, TensorSpec, Variant, keep_count, load_manifest
 
 log = structlog.get_logger(__name__)
@@ -104,23 +104,36 @@ class LoadedVariant:
             kept = keep_count(budget, self.spec.tokens)
             applied = budget
             feeds[self.spec.token_input] = np.array([kept], dtype=np.int64)
-        outputs = self.session.run(self.output_names, feeds)
+        try:
+            outputs = self.session.run(self.output_names, feeds)
+        except Exception as exc:  # onnxruntime's errors (Fail, RuntimeException, ...) share no narrower base
+            raise InferenceFailed(f"variant {self.name}: onnxruntime failed: {exc}") from exc
         attention = outputs[1].astype(np.float32) if len(outputs) > 1 else None
         return Prediction(softmax(outputs[0]), attention, applied, kept)
 
 
-def open_variant(zoo_dir: Path, spec: Variant, settings: SessionSettings, verify: bool = True) -> LoadedVariant:
-    """Verify the file against its hash, then open a session; errors name the variant."""
+def check_file(zoo_dir: Path, spec: Variant, verify: bool = True) -> Path:
+    """The variant's file if it is there and (with `verify`) matches the manifest's hash;
+    ZooError naming the variant otherwise."""
     path = resolve_file(zoo_dir, spec.file)
     if not path.is_file():
         raise ZooError(f"variant {spec.name}: file {spec.file} is missing")
     if verify:
-        actual = sha256_file(path)
+        try:
+            actual = sha256_file(path)
+        except OSError as exc:
+            raise ZooError(f"variant {spec.name}: cannot read {spec.file}: {exc.strerror or exc}") from exc
         if actual != spec.sha256:
             raise ZooError(
                 f"variant {spec.name}: SHA-256 mismatch for {spec.file} "
                 f"(manifest {spec.sha256[:12]}..., file {actual[:12]}...)"
             )
+    return path
+
+
+def open_variant(zoo_dir: Path, spec: Variant, settings: SessionSettings, verify: bool = True) -> LoadedVariant:
+    """Verify the file against its hash, then open a session; errors name the variant."""
+    path = check_file(zoo_dir, spec, verify)
     try:
         session = ort.InferenceSession(str(path), settings.options(), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
@@ -194,6 +207,20 @@ def open_zoo(
             zoo.failures[spec.name] = exc.message
             log.error("variant_failed", variant=spec.name, error=exc.message)
     return zoo
+
+
+def recheck_files(zoo: Zoo) -> dict[str, str | None]:
+    """Hash every loaded variant's file again (a reload does): name -> None while it still
+    matches the manifest the session was loaded from, else why not. The session in memory is
+    unchanged either way; the caller decides whether to serve from it."""
+    results: dict[str, str | None] = {}
+    for name, variant in zoo.variants.items():
+        try:
+            check_file(zoo.directory, variant.spec)
+            results[name] = None
+        except ZooError as exc:
+            results[name] = exc.message
+    return results
 
 
 def verify_zoo(zoo_dir: Path) -> dict[str, str | None]:

@@ -1,8 +1,11 @@
 """What the daemon adds over calling onnxruntime in process, on the same input.
 
 Latency: a socket round trip (`.npy` body and PNG body) against the same `full@1.0` call made
-in this process, interleaved call by call. Throughput: 1, 2 and 4 concurrent socket clients
-against in-process worker threads. Writes bench/results/overhead.{json,md}.
+in this process, interleaved call by call, with two clients: agent.client (httpx) and a lean
+client (the standard library's http.client, close to what a compiled camera application pays).
+The answer's own queue + compute time also splits each round trip into the daemon's model
+time and everything else. Throughput: 1, 2 and 4 concurrent socket clients against in-process
+worker threads. Writes bench/results/overhead.{json,md}.
 
     python -m bench.overhead [--calls 400] [--seconds 10]
 """
@@ -14,6 +17,7 @@ import io
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -24,6 +28,7 @@ from agent.config import Settings
 from agent.launch import running_daemon
 from agent.zoo import SessionSettings, default_zoo_dir, open_zoo
 from bench.common import header, md_table, write_results
+from bench.lean_client import LeanClient
 from model_zoo import data
 
 
@@ -70,44 +75,94 @@ def main() -> None:
     rows = []
     with running_daemon() as (_, sock), Client(sock) as client:
         client.pin("full@1", 3600, "overhead bench: the same configuration as in process")
+        lean = LeanClient(sock)
+        socket_clients: dict[str, Callable[[bytes, str], dict[str, Any]]] = {
+            "httpx": client.classify,
+            "http.client": lean.classify,
+        }
         for kind, (body, ctype) in bodies.items():
-            for _ in range(20):
-                client.classify(body, ctype)
-                local[kind]()
-            inproc, remote = [], []
-            for _ in range(args.calls):
-                s = time.perf_counter()
-                local[kind]()
-                inproc.append((time.perf_counter() - s) * 1000)
-                s = time.perf_counter()
-                client.classify(body, ctype)
-                remote.append((time.perf_counter() - s) * 1000)
-            a, b = np.array(inproc), np.array(remote)
-            row = {"body": kind, "in_process_p50_ms": round(float(np.median(a)), 3), "socket_p50_ms": round(float(np.median(b)), 3),
-                   "overhead_p50_ms": round(float(np.median(b) - np.median(a)), 3),
-                   "overhead_p95_ms": round(float(np.percentile(b, 95) - np.percentile(a, 95)), 3)}
-            rows.append(row)
-            print(row)
+            for name, classify in socket_clients.items():
+                for _ in range(20):
+                    classify(body, ctype)
+                    local[kind]()
+                inproc, remote, model = [], [], []
+                for _ in range(args.calls):
+                    s = time.perf_counter()
+                    local[kind]()
+                    inproc.append((time.perf_counter() - s) * 1000)
+                    s = time.perf_counter()
+                    answer = classify(body, ctype)
+                    remote.append((time.perf_counter() - s) * 1000)
+                    model.append(answer["queue_ms"] + answer["compute_ms"])
+                a, b, m = np.array(inproc), np.array(remote), np.array(model)
+                row = {
+                    "body": kind,
+                    "client": name,
+                    "in_process_p50_ms": round(float(np.median(a)), 3),
+                    "socket_p50_ms": round(float(np.median(b)), 3),
+                    "overhead_p50_ms": round(float(np.median(b) - np.median(a)), 3),
+                    "overhead_p95_ms": round(float(np.percentile(b, 95) - np.percentile(a, 95)), 3),
+                    "outside_model_p50_ms": round(float(np.median(b - m)), 3),
+                }
+                rows.append(row)
+                print(row)
         results["latency"] = rows
-        clients = [Client(sock) for _ in range(4)]
         body, ctype = bodies["npy"]
         tput = {}
-        for n in (1, 2, 4):
-            tput[f"socket_{n}_clients"] = round(run_for(args.seconds, n, lambda k: clients[k].classify(body, ctype)), 1)
-            print(n, "clients", tput[f"socket_{n}_clients"], "req/s")
-        for c in clients:
-            c.close()
+        for name in socket_clients:
+            if name == "httpx":
+                pool: list[Any] = [Client(sock) for _ in range(4)]
+            else:
+                pool = [LeanClient(sock) for _ in range(4)]
+
+            def call(k: int, pool: list[Any] = pool) -> object:
+                return pool[k].classify(body, ctype)
+
+            for n in (1, 2, 4):
+                key = f"socket_{name}_{n}_clients"
+                tput[key] = round(run_for(args.seconds, n, call), 1)
+                print(key, tput[key], "req/s")
+            for c in pool:
+                c.close()
+        lean.close()
     for n in (1, 2):
         tput[f"in_process_{n}_workers"] = round(run_for(args.seconds, n, lambda k: full.run(x, 1.0)), 1)
         print(n, "in-process workers", tput[f"in_process_{n}_workers"], "calls/s")
-    tput["ratio_2_clients_vs_2_workers"] = round(tput["socket_2_clients"] / tput["in_process_2_workers"], 3)
+    for name in ("httpx", "http.client"):
+        ratio = tput[f"socket_{name}_2_clients"] / tput["in_process_2_workers"]
+        tput[f"ratio_{name}_2_clients_vs_2_workers"] = round(ratio, 3)
     results["throughput"] = tput
-    md = (f"# Socket overhead\n\n{results['machine']}, {results['date']}; daemon with {settings.workers} workers x "
-          f"{settings.ort_threads} ORT threads; `full@1.0`; client and daemon on the same cores.\n\n"
-          + md_table(["body", "in-process p50 ms", "socket p50 ms", "overhead p50 ms", "overhead p95 ms"],
-                     [[r["body"], r["in_process_p50_ms"], r["socket_p50_ms"], r["overhead_p50_ms"], r["overhead_p95_ms"]] for r in rows])
-          + "\n## Throughput (requests/s, `.npy` body)\n\n"
-          + md_table(["setup", "req/s"], [[k, v] for k, v in tput.items()]))
+    md = (
+        f"# Socket overhead\n\n{results['machine']}, {results['date']}; daemon with {settings.workers} workers x "
+        f"{settings.ort_threads} ORT threads; `full@1.0`; client and daemon on the same cores.\n\n"
+        + md_table(
+            [
+                "body",
+                "client",
+                "in-process p50 ms",
+                "socket p50 ms",
+                "overhead p50 ms",
+                "overhead p95 ms",
+                "outside model p50 ms",
+            ],
+            [
+                [
+                    r["body"],
+                    r["client"],
+                    r["in_process_p50_ms"],
+                    r["socket_p50_ms"],
+                    r["overhead_p50_ms"],
+                    r["overhead_p95_ms"],
+                    r["outside_model_p50_ms"],
+                ]
+                for r in rows
+            ],
+        )
+        + "\n`outside model`: round trip minus the answer's own queue + compute time (HTTP, decode, thread hand-offs, "
+        "client).\n"
+        + "\n## Throughput (requests/s, `.npy` body)\n\n"
+        + md_table(["setup", "req/s"], [[k, v] for k, v in tput.items()])
+    )
     write_results("overhead", results, md)
     print(md)
 

@@ -52,6 +52,7 @@ class BuildConfig(BaseModel):
     epochs: int = 10
     lr: float = 2e-3
     batch: int = 64
+    photometric: bool = Field(default=True, description="gain, light gradient, colour cast, noise, blur in training")
     pruned_heads: int = 2
     pruned_mlp_hidden: int = 256
     pruned_drop_blocks: list[int] = [4]
@@ -155,6 +156,7 @@ def build(cfg: BuildConfig, out: Path, log: Log, step: Step) -> Manifest:
         batch=cfg.batch,
         budgets=TRAIN_BUDGETS,
         seed=cfg.seed,
+        photometric=cfg.photometric,
         progress=lambda d, t, n: step("train full", d, t),
     )
     log(f"full: val acc @1.0 {evaluate(full, xva, yva, 1.0):.4f}, @0.5 {evaluate(full, xva, yva, 0.5):.4f}")
@@ -170,6 +172,7 @@ def build(cfg: BuildConfig, out: Path, log: Log, step: Step) -> Manifest:
         batch=cfg.batch,
         budgets=TRAIN_BUDGETS,
         seed=cfg.seed + 1,
+        photometric=cfg.photometric,
         progress=lambda d, t, n: step("fine-tune pruned", d, t),
     )
     log(f"pruned: val acc @1.0 {evaluate(pruned, xva, yva, 1.0):.4f}")
@@ -186,6 +189,7 @@ def build(cfg: BuildConfig, out: Path, log: Log, step: Step) -> Manifest:
         batch=cfg.batch,
         budgets=TRAIN_BUDGETS,
         seed=cfg.seed + 2,
+        photometric=cfg.photometric,
         progress=lambda d, t, n: step("fine-tune lowres", d, t),
     )
     log(f"lowres: val acc @1.0 {evaluate(lowres, xva_low, yva, 1.0):.4f}")

@@ -32,6 +32,36 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x
 
 
+def _uniform(shape: tuple[int, ...], low: float, high: float, gen: torch.Generator) -> torch.Tensor:
+    return low + (high - low) * torch.rand(shape, generator=gen)
+
+
+def _photometric(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Camera and lighting changes a station sees over months: gain, a light gradient,
+    colour casts, sensor noise and slight defocus. Without them a model learns one exposure
+    and calls every faint defect under other light `ok` (shifted-split confusion matrices)."""
+    n, _, h, w = x.shape
+    gain = _uniform((n, 1, 1, 1), 0.6, 1.35, gen)
+    theta = _uniform((n, 1, 1, 1), 0.0, 2 * math.pi, gen)
+    amp = _uniform((n, 1, 1, 1), 0.0, 0.45, gen)
+    yy = torch.linspace(-0.5, 0.5, h).view(1, 1, h, 1)
+    xx = torch.linspace(-0.5, 0.5, w).view(1, 1, 1, w)
+    light = gain * (1 + 2 * amp * (torch.cos(theta) * xx + torch.sin(theta) * yy))
+    tint = 1 + _uniform((n, 3, 1, 1), -0.25, 0.25, gen)
+    x = x * light * tint
+    if torch.rand(1, generator=gen).item() < 0.4:
+        sigma = _uniform((1,), 0.4, 1.0, gen).item()
+        r = torch.arange(-2, 3, dtype=torch.float32)
+        k1 = torch.exp(-(r**2) / (2 * sigma**2))
+        k1 = k1 / k1.sum()
+        kernel = (k1[:, None] * k1[None, :]).expand(3, 1, 5, 5)
+        x = F.conv2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), kernel, groups=3)
+    noise = _uniform((n, 1, 1, 1), 0.0, 0.07, gen)
+    noise = noise * (torch.rand((n, 1, 1, 1), generator=gen) < 0.6)
+    x = x + noise * torch.randn(x.shape, generator=gen)
+    return x.clamp_(0.0, 1.0)
+
+
 def train(
     model: TokenBudgetViT,
     images: torch.Tensor,
@@ -42,6 +72,7 @@ def train(
     batch: int,
     budgets: tuple[float, ...],
     seed: int,
+    photometric: bool = True,
     progress: Progress | None = None,
 ) -> list[float]:
     """AdamW + warmup/cosine; each batch runs at a random token budget so that every budget
@@ -68,6 +99,8 @@ def train(
         for start in range(0, len(images), batch):
             idx = order[start : start + batch]
             x = _augment(images[idx].float().div_(255.0), gen)
+            if photometric:
+                x = _photometric(x, gen)
             budget = budgets[int(torch.randint(len(budgets), (1,), generator=gen))]
             keep = torch.tensor([max(1, round(budget * tokens))])
             logits, _ = model(x, keep)

@@ -139,12 +139,14 @@ def test_v2_infer_binary_tensor_extension_on_a_fixed_variant(http: httpx.Client)
     assert r.json()["parameters"]["variant"] == "lowres" and r.json()["parameters"]["token_budget"] == 0.5
 
 
-def test_status_and_metrics(daemon) -> None:
+def test_status_and_metrics(daemon, good_png: bytes) -> None:
     with daemon.client() as client:
+        client.classify(good_png, "image/png")  # the status window spans the last 10 s only
         st = client.status()
         text = client.metrics()
-    assert st["ready"] and st["config"]["current"] == "full@1"
     assert {"full", "pruned", "int8", "lowres"} <= set(st["variants"])
+    # The controller may have stepped down from full@1 if this machine is busy.
+    assert st["ready"] and st["config"]["current"].split("@")[0] in st["variants"]
     assert st["window"]["count"] >= 1 and st["window"]["p95_ms"] > 0
     assert "config_switches_total" in text and 'edge_agent_requests_total{route="/v1/classify",status="200"}' in text
 

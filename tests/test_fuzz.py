@@ -76,11 +76,6 @@ def test_hostile_payloads_are_refused_with_json_errors(
     check(daemon, data.draw(generators["payload"]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent/daemon.py: uvicorn's limit_concurrency counts connections that never sent a request, which never "
-    "time out, and refuses everyone else with a plain-text 503 without Retry-After",
-)
 def test_idle_connections_cannot_lock_other_clients_out(daemon: Any) -> None:
     idle = []
     try:

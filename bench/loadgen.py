@@ -1,0 +1,275 @@
+"""Load for the overload and soak benchmarks: a cheap asyncio HTTP/1.1 client over the Unix
+socket, closed-loop capacity, open-loop Poisson arrivals, and readings of the daemon process.
+
+The client, the daemon and its two ORT workers share two cores, so every request is encoded
+once up front and sent with one write on a kept-alive connection: httpx's async client spent
+over ten times more CPU per request here, CPU the daemon being measured would lose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+from PIL import Image
+
+from agent.codec import image_to_input
+from model_zoo import data
+
+CLASSIFY = "/v1/classify"
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int  # 0: no HTTP answer (transport error, or the client had no connection left)
+    retry_after: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Shot:
+    """One request of an open-loop run. Latency is from the moment it was written, so a late
+    client shows up in `lag_ms` instead of inflating the daemon's latency."""
+
+    sent_s: float  # scheduled send time, seconds since the run's origin
+    lag_ms: float  # how late the client actually sent it
+    status: int
+    latency_ms: float
+    retry_after: bool
+    phase: str
+    error: str | None = None
+
+
+def encode_post(path: str, body: bytes, content_type: str) -> bytes:
+    """A whole HTTP/1.1 POST, ready to write on a kept-alive connection."""
+    head = f"POST {path} HTTP/1.1\r\nHost: edge-agent\r\nContent-Type: {content_type}\r\n"
+    head += f"Content-Length: {len(body)}\r\n\r\n"
+    return head.encode("ascii") + body
+
+
+def sample_requests(count: int, kinds: Sequence[str] = ("png",), path: str = CLASSIFY) -> list[bytes]:
+    """Classify requests for test images of the shipped data generator, as PNG and/or .npy bodies."""
+    out = []
+    for i in range(count):
+        image = data.sample(0, "test", i).image
+        for kind in kinds:
+            buf = io.BytesIO()
+            if kind == "png":
+                Image.fromarray(image).save(buf, format="PNG")
+                out.append(encode_post(path, buf.getvalue(), "image/png"))
+            else:
+                np.save(buf, image_to_input(image, image.shape[0])[0], allow_pickle=False)
+                out.append(encode_post(path, buf.getvalue(), "application/x-npy"))
+    return out
+
+
+class _Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer, self.used = reader, writer, time.monotonic()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class UnixHttp:
+    """A pool of kept-alive HTTP/1.1 connections to a Unix socket. Idle connections are
+    dropped before the daemon's 5 s keep-alive would close them under a request in flight."""
+
+    def __init__(self, socket: Path, max_connections: int = 200, idle_s: float = 3.0, timeout_s: float = 30.0) -> None:
+        self.socket, self.max_connections, self.idle_s, self.timeout_s = str(socket), max_connections, idle_s, timeout_s
+        self._idle: list[_Connection] = []
+        self.open = 0
+
+    async def _acquire(self) -> _Connection | None:
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            if now - conn.used < self.idle_s:
+                return conn
+            self._discard(conn)
+        if self.open >= self.max_connections:
+            return None
+        self.open += 1
+        try:
+            reader, writer = await asyncio.open_unix_connection(self.socket)
+        except OSError:
+            self.open -= 1
+            raise
+        return _Connection(reader, writer)
+
+    def _discard(self, conn: _Connection) -> None:
+        conn.close()
+        self.open -= 1
+
+    async def send(self, request: bytes) -> Answer:
+        """Write one encoded request and read its answer; never raises for transport trouble."""
+        try:
+            conn = await self._acquire()
+        except OSError as exc:
+            return Answer(0, False, f"connect: {type(exc).__name__}")
+        if conn is None:
+            return Answer(0, False, "client out of connections")
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                conn.writer.write(request)
+                answer, keep = await _read_answer(conn.reader)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+            self._discard(conn)
+            return Answer(0, False, type(exc).__name__)
+        if keep:
+            conn.used = time.monotonic()
+            self._idle.append(conn)
+        else:
+            self._discard(conn)
+        return answer
+
+    def close(self) -> None:
+        while self._idle:
+            self._discard(self._idle.pop())
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> tuple[Answer, bool]:
+    """(answer, whether the connection may be reused): status line, headers, a sized body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    length, retry_after, keep = 0, False, True
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"retry-after":
+            retry_after = True
+        elif name == b"connection" and value.strip().lower() == b"close":
+            keep = False
+    await reader.readexactly(length)
+    return Answer(status, retry_after), keep
+
+
+async def closed_loop(http: UnixHttp, requests: Sequence[bytes], clients: int, seconds: float) -> float:
+    """Answered (200) requests per second of `clients` senders sending back to back."""
+    started = time.monotonic()
+    end, ok = started + seconds, 0
+
+    async def sender(k: int) -> None:
+        nonlocal ok
+        while time.monotonic() < end:
+            answer = await http.send(requests[k % len(requests)])
+            ok += answer.status == 200
+            k += clients
+
+    await asyncio.gather(*(sender(k) for k in range(clients)))
+    return ok / (time.monotonic() - started)
+
+
+async def open_loop(
+    http: UnixHttp,
+    requests: Sequence[bytes],
+    schedule: Sequence[tuple[str, float, float]],
+    origin: float,
+    rng: random.Random,
+) -> list[Shot]:
+    """Poisson arrivals through the (phase, rate per second, seconds) steps of `schedule`, one
+    step straight after the other and whatever the answers: an overloaded daemon cannot slow
+    the sender down (no coordinated omission), and a step starts with the queue the last left."""
+    shots: list[Shot] = []
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def fire(request: bytes, scheduled: float, phase: str) -> None:
+        began = time.monotonic()
+        answer = await http.send(request)
+        latency = (time.monotonic() - began) * 1000
+        shots.append(
+            Shot(
+                scheduled - origin,
+                (began - scheduled) * 1000,
+                answer.status,
+                latency,
+                answer.retry_after,
+                phase,
+                answer.error,
+            )
+        )
+
+    at = time.monotonic()
+    for phase, rate, seconds in schedule:
+        end = at + seconds
+        at += rng.expovariate(rate)
+        while at < end:
+            delay = at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(fire(rng.choice(requests), at, phase))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            at += rng.expovariate(rate)
+        at = end
+    await asyncio.gather(*tasks)
+    return sorted(shots, key=lambda s: s.sent_s)
+
+
+async def every(
+    interval_s: float, stop: asyncio.Event, job: Callable[[], Awaitable[None]], first_s: float = 0.0
+) -> None:
+    """Run `job` every `interval_s` seconds (on a fixed grid, not drifting), the first time after
+    `first_s`, until `stop` is set."""
+    next_at = time.monotonic() + first_s
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), max(0.0, next_at - time.monotonic()))
+        if stop.is_set():
+            return
+        await job()
+        next_at += interval_s
+
+
+def rss_mb(proc: psutil.Process) -> float:
+    return round(proc.memory_info().rss / 2**20, 2)
+
+
+def open_fds(pid: int) -> tuple[int, int]:
+    """(all open file descriptors, of which sockets) of a process, from /proc/PID/fd."""
+    total = sockets = 0
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for name in os.listdir(fd_dir):
+        try:
+            target = os.readlink(fd_dir / name)
+        except FileNotFoundError:  # closed between listing and reading
+            continue
+        total += 1
+        sockets += target.startswith("socket:")
+    return total, sockets
+
+
+def percentiles(values: Sequence[float], qs: Sequence[float] = (50, 95, 99)) -> dict[str, float | None]:
+    """{"p50": ..., "max": ...} in ms, rounded; None for an empty sample."""
+    if not values:
+        return {**{f"p{q:g}": None for q in qs}, "max": None}
+    arr = np.asarray(values, dtype=np.float64)
+    out: dict[str, float | None] = {f"p{q:g}": round(float(np.percentile(arr, q)), 3) for q in qs}
+    out["max"] = round(float(arr.max()), 3)
+    return out
+
+
+def failure_kinds(shots: Sequence[Shot], expected: Sequence[int] = (200, 503)) -> dict[str, int]:
+    """How many requests ended otherwise than `expected`, by error (or HTTP status)."""
+    kinds: dict[str, int] = {}
+    for s in shots:
+        if s.status not in expected:
+            key = s.error or str(s.status)
+            kinds[key] = kinds.get(key, 0) + 1
+    return kinds
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else "PASS" if ok else "MISS"
