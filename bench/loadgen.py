@@ -2,8 +2,9 @@
 socket, closed-loop capacity, open-loop Poisson arrivals, and readings of the daemon process.
 
 The client, the daemon and its two ORT workers share two cores, so every request is encoded
-once up front and sent with one write on a kept-alive connection: httpx's async client spent
-over ten times more CPU per request here, CPU the daemon being measured would lose.
+once up front (h11) and sent with one write on a kept-alive connection, and answers are
+parsed by httptools (C): httpx's async client spent over ten times more CPU per request
+here, CPU the daemon being measured would lose.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import h11
+import httptools
 import numpy as np
+import orjson
 import psutil
 from PIL import Image
 
@@ -33,6 +37,7 @@ class Answer:
     status: int  # 0: no HTTP answer (transport error, or the client had no connection left)
     retry_after: bool
     error: str | None = None
+    service_ms: float | None = None  # the daemon's own queue + compute time (what the SLO counts)
 
 
 @dataclass(frozen=True)
@@ -47,13 +52,17 @@ class Shot:
     retry_after: bool
     phase: str
     error: str | None = None
+    service_ms: float | None = None  # the daemon's queue + compute time, for answered requests
 
 
 def encode_post(path: str, body: bytes, content_type: str) -> bytes:
     """A whole HTTP/1.1 POST, ready to write on a kept-alive connection."""
-    head = f"POST {path} HTTP/1.1\r\nHost: edge-agent\r\nContent-Type: {content_type}\r\n"
-    head += f"Content-Length: {len(body)}\r\n\r\n"
-    return head.encode("ascii") + body
+    conn = h11.Connection(our_role=h11.CLIENT)
+    headers = [("Host", "edge-agent"), ("Content-Type", content_type), ("Content-Length", str(len(body)))]
+    return b"".join(
+        conn.send(event) or b""
+        for event in (h11.Request(method="POST", target=path, headers=headers), h11.Data(data=body), h11.EndOfMessage())
+    )
 
 
 def sample_requests(count: int, kinds: Sequence[str] = ("png",), path: str = CLASSIFY) -> list[bytes]:
@@ -122,7 +131,7 @@ class UnixHttp:
             async with asyncio.timeout(self.timeout_s):
                 conn.writer.write(request)
                 answer, keep = await _read_answer(conn.reader)
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, httptools.HttpParserError, ValueError) as exc:
             self._discard(conn)
             return Answer(0, False, type(exc).__name__)
         if keep:
@@ -137,23 +146,41 @@ class UnixHttp:
             self._discard(self._idle.pop())
 
 
+class _AnswerParser:
+    """httptools callbacks for one answer: status, the headers the benchmarks read, the body."""
+
+    def __init__(self) -> None:
+        self.retry_after = False
+        self.body: list[bytes] = []
+        self.complete = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"retry-after":
+            self.retry_after = True
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
 async def _read_answer(reader: asyncio.StreamReader) -> tuple[Answer, bool]:
-    """(answer, whether the connection may be reused): status line, headers, a sized body."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    status = int(lines[0].split(b" ", 2)[1])
-    length, retry_after, keep = 0, False, True
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"retry-after":
-            retry_after = True
-        elif name == b"connection" and value.strip().lower() == b"close":
-            keep = False
-    await reader.readexactly(length)
-    return Answer(status, retry_after), keep
+    """(answer, whether the connection may be reused)."""
+    callbacks = _AnswerParser()
+    parser = httptools.HttpResponseParser(callbacks)
+    while not callbacks.complete:
+        chunk = await reader.read(65536)
+        if not chunk:
+            raise asyncio.IncompleteReadError(b"", None)
+        parser.feed_data(chunk)
+    status = parser.get_status_code()
+    service_ms = None
+    if status == 200:
+        answer = orjson.loads(b"".join(callbacks.body))
+        if "queue_ms" in answer:
+            service_ms = answer["queue_ms"] + answer["compute_ms"]
+    return Answer(status, callbacks.retry_after, service_ms=service_ms), parser.should_keep_alive()
 
 
 async def closed_loop(http: UnixHttp, requests: Sequence[bytes], clients: int, seconds: float) -> float:
@@ -198,6 +225,7 @@ async def open_loop(
                 answer.retry_after,
                 phase,
                 answer.error,
+                answer.service_ms,
             )
         )
 
