@@ -52,7 +52,7 @@ class BuildConfig(BaseModel):
     epochs: int = 10
     lr: float = 2e-3
     batch: int = 64
-    photometric: bool = Field(default=False, description="mild gain, light, colour, noise and blur augmentation")
+    photometric: bool = Field(default=True, description="mild gain, light, colour, noise and blur augmentation")
     pruned_heads: int = 2
     pruned_mlp_hidden: int = 256
     pruned_drop_blocks: list[int] = [4]
