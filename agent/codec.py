@@ -32,6 +32,23 @@ def _find_malloc_trim() -> Callable[[int], int] | None:
 
 _malloc_trim = _find_malloc_trim()
 
+#: glibc's mallopt parameter for the size from which blocks are mmapped (malloc.h).
+_M_MMAP_THRESHOLD = -3
+#: Request bodies, decoded images and tensors above this size get their own mapping.
+MMAP_THRESHOLD_BYTES = 256 * 1024
+
+
+def fix_mmap_threshold() -> bool:
+    """Keep glibc's mmap threshold at MMAP_THRESHOLD_BYTES for the daemon's life. By default
+    glibc raises it to the size of each large block freed (up to 32 MB), after which bodies
+    and images of a few MB come from the heap and fragment it: bench/fuzz grew RSS by 31 MB,
+    10.7 MB with the threshold fixed. True when set (glibc only)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+
 
 def to_rgb8(image: Image.Image) -> Image.Image:
     """Any mode (L, LA, La, P, RGBA, I;16, I, F, CMYK) to 8-bit RGB; alpha is composited on black."""

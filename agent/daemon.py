@@ -27,6 +27,7 @@ from prometheus_client import Counter
 
 from agent import sdnotify
 from agent.adaptive import AdaptiveLoop
+from agent.codec import MMAP_THRESHOLD_BYTES, fix_mmap_threshold
 from agent.config import Settings, load_settings
 from agent.connections import ConnectionLimits, RequestLimit, protocol_class
 from agent.errors import AgentError
@@ -300,6 +301,7 @@ class Daemon:
         s = self.settings
         identity: tuple[int, int] | None = None
         raise_fd_limit()
+        log.info("mmap_threshold", fixed=fix_mmap_threshold(), bytes=MMAP_THRESHOLD_BYTES)
         try:
             activated = systemd_socket()
             self.state = self._load()
