@@ -208,27 +208,35 @@ def count_switches(configs: list[str], persist: int = 3) -> int:
     return switches
 
 
-def reaction_times(records: list[Record], slo_ms: float, phase_s: float, phases: int, window_s: float = 1.0) -> list[float | None]:
-    """Per phase step: seconds from the step until the rolling p95 (over `window_s` of sends,
-    refusals as misses) is back under the SLO and stays there for the rest of the phase;
-    0 when it never left; None when it never came back."""
+def reaction_times(
+    records: list[Record], slo_ms: float, phase_s: float, phases: int, window_s: float = 1.0, min_samples: int = 20
+) -> list[float | None]:
+    """Per phase step: seconds from the step until the rolling p95 (refusals as misses) is back
+    under the SLO and stays there for the rest of the phase; 0 when it never left; None when it
+    never came back. The window spans `window_s`, widened to hold about `min_samples` requests
+    at the offered rate: over fewer than 20 requests a p95 is the maximum, and one late
+    request would read as a slow reaction. The reaction ends with the last late request of a
+    window over the SLO, not with that window's end, so a wide window does not lengthen it."""
+    rate = len(records) / max(phase_s * phases, 1e-9)
+    window_s = max(window_s, min_samples / rate) if rate > 0 else window_s
     out: list[float | None] = []
     for i in range(phases):
         start, end = i * phase_s, (i + 1) * phase_s
         rs = [r for r in records if start <= r.sent < end]
-        bad_until = None
+        bad_until: float | None = None  # the last late request of any window over the SLO
         t = start
         while t < end:
-            win = [r.latency_ms for r in rs if t - window_s < r.sent <= t]
-            if len(win) >= 3 and float(np.percentile(win, 95)) > slo_ms:
-                bad_until = t
+            win = [r for r in rs if t - window_s < r.sent <= t]
+            if len(win) >= 3 and float(np.percentile([r.latency_ms for r in win], 95)) > slo_ms:
+                last_late = max(r.sent for r in win if r.latency_ms > slo_ms)
+                bad_until = last_late if bad_until is None else max(bad_until, last_late)
             t += 0.1
         if bad_until is None:
             out.append(0.0)
         elif bad_until >= end - window_s:
             out.append(None)
         else:
-            out.append(round(bad_until + 0.1 - start, 2))
+            out.append(round(bad_until - start, 2))
     return out
 
 

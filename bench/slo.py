@@ -102,7 +102,7 @@ def main() -> None:
     oracle_acc = sum(o["accuracy"] * o["requests"] for o in orc if o["accuracy"] is not None) / total if total else None
     payload = {**header(), "phase_s": args.phase_s, "rate": args.rate, "policy": str(args.policy), "slo_ms": slo,
                "phases": [p.name for p in phases], "duration_s": round(time.monotonic() - started, 1),
-               "runs": [{k: v for k, v in r.items() if k != "records"} for r in [*runs, agent]],
+               "runs": [{k: v for k, v in r.items() if k != "records"} for r in runs] + [agent],
                "oracle": {"phases": orc, "accuracy": oracle_acc}}
     rows = [[r["name"], f"{r['overall']['attainment']:.1%}", r["overall"]["p50_ms"], r["overall"]["p95_ms"], r["overall"]["p99_ms"],
              f"{r['overall']['accuracy']:.1%}", r["overall"]["refused"], r["overall"]["switches"]] for r in [*runs, agent]]
