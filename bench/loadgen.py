@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h11
 import httptools
@@ -26,6 +27,7 @@ import orjson
 import psutil
 from PIL import Image
 
+from agent.client import Client
 from agent.codec import image_to_input
 from model_zoo import data
 
@@ -197,6 +199,22 @@ async def closed_loop(http: UnixHttp, requests: Sequence[bytes], clients: int, s
 
     await asyncio.gather(*(sender(k) for k in range(clients)))
     return ok / (time.monotonic() - started)
+
+
+async def pinned_capacity(
+    sock: Path, http: UnixHttp, requests: Sequence[bytes], seconds: float, pin: str, reason: str
+) -> tuple[dict[str, Any], float]:
+    """(/v1/status, answered req/s with one back-to-back client per worker) with `pin` in force;
+    the pin is left in place. Pinned, capacity is one number, not whatever the controller picks."""
+    with Client(sock) as admin:
+        admin.pin(pin, 86400, reason)
+        status = admin.status()
+    workers = status["queue"]["workers"]
+    await closed_loop(http, requests, workers, 1.0)  # warm connections and caches
+    capacity = await closed_loop(http, requests, workers, seconds)
+    if capacity <= 0:
+        raise RuntimeError("no request was answered while measuring capacity")
+    return status, capacity
 
 
 async def open_loop(

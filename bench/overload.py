@@ -50,11 +50,11 @@ from bench.loadgen import (
     CLASSIFY,
     Shot,
     UnixHttp,
-    closed_loop,
     every,
     failure_kinds,
     open_loop,
     percentiles,
+    pinned_capacity,
     rss_mb,
     sample_requests,
     verdict,
@@ -83,18 +83,13 @@ class Run:
 
 async def drive(pid: int, sock: Path, args: argparse.Namespace) -> Run:
     """Pin, measure capacity, then overload and recovery with queue and RSS sampled throughout."""
-    with Client(sock) as admin:
-        admin.pin(PIN, 86400, "overload bench: one fixed capacity")
-        status = admin.status()
-    workers = status["queue"]["workers"]
     plain = sample_requests(32, ("png",))
     http = UnixHttp(sock)
-    await closed_loop(http, plain, workers, 1.0)  # warm connections and caches
-    capacity = await closed_loop(http, plain, workers, args.capacity_s)
+    status, capacity = await pinned_capacity(
+        sock, http, plain, args.capacity_s, PIN, "overload bench: one fixed capacity"
+    )
     deadline = f"{CLASSIFY}?deadline_ms={status['slo']['latency_ms']:g}"
     requests = sample_requests(32, ("png",), deadline) if args.deadline else plain
-    if capacity <= 0:
-        raise RuntimeError("no request was answered while measuring capacity")
     daemon, samples, stop = psutil.Process(pid), [], asyncio.Event()
     origin = time.monotonic()
     with Client(sock) as watcher:

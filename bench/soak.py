@@ -42,12 +42,12 @@ from bench.common import RESULTS, header, md_table, write_results
 from bench.loadgen import (
     Shot,
     UnixHttp,
-    closed_loop,
     every,
     failure_kinds,
     open_fds,
     open_loop,
     percentiles,
+    pinned_capacity,
     rss_mb,
     sample_requests,
     verdict,
@@ -137,16 +137,11 @@ async def measure_capacity(
     sock: Path, http: UnixHttp, requests: Sequence[bytes], seconds: float
 ) -> tuple[dict[str, Any], float]:
     """(status, req/s of full@1 with one back-to-back client per worker); leaves the daemon unpinned."""
-    with Client(sock) as admin:
-        admin.pin(PIN, 86400, "soak bench: capacity of the slowest configuration")
-        status = admin.status()
-    workers = status["queue"]["workers"]
-    await closed_loop(http, requests, workers, 1.0)  # warm connections and caches
-    capacity = await closed_loop(http, requests, workers, seconds)
+    status, capacity = await pinned_capacity(
+        sock, http, requests, seconds, PIN, "soak bench: capacity of the slowest configuration"
+    )
     with Client(sock) as admin:
         admin.unpin()
-    if capacity <= 0:
-        raise RuntimeError("no request was answered while measuring capacity")
     return status, capacity
 
 

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,3 +108,15 @@ class DaemonProcess:
             self.notify = None
         if hasattr(self, "_log"):
             self._log.close()
+
+
+def eventually(check: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> object:
+    """Poll `check` until it returns a truthy value; the bound is generous, not a timing claim."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"not within {timeout} s: {what} (last: {last!r})")

@@ -10,7 +10,6 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from agent.controller import Option, options_from_manifest
 from agent.manifest import latency_table, load_manifest
 from agent.zoo import default_zoo_dir
 from model_zoo import data
-from tests.daemon import REPO, DaemonProcess
+from tests.daemon import REPO, DaemonProcess, eventually
 
 BROKEN = sorted((REPO / "tests" / "policies_broken").iterdir())
 
@@ -38,21 +37,11 @@ def most_accurate() -> str:
     return str(max(manifest_options(), key=lambda o: (o.accuracy, -o.profiled_ms)).config)
 
 
-def eventually(check: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> object:
-    """Poll `check` until it returns a truthy value; the bound is generous, not a timing claim."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"not within {timeout} s: {what} (last: {last!r})")
-
-
 def policy_text(latency_ms: float, extra: str = "") -> str:
-    return (f"version: 1\nslo: {{percentile: 95, latency_ms: {latency_ms}, window_s: 3, headroom: 0.85}}\n"
-            f"hysteresis: {{dwell_s: 2, min_switch_interval_s: 0.5}}\n{extra}")
+    return (
+        f"version: 1\nslo: {{percentile: 95, latency_ms: {latency_ms}, window_s: 3, headroom: 0.85}}\n"
+        f"hysteresis: {{dwell_s: 2, min_switch_interval_s: 0.5}}\n{extra}"
+    )
 
 
 @pytest.fixture
@@ -60,9 +49,16 @@ def policy_daemon(tmp_path: Path):
     policy = tmp_path / "policy.yaml"
     policy.write_text(policy_text(40))
     override = tmp_path / "telemetry.json"
-    d = DaemonProcess(tmp_path / "d", args=["--policy", str(policy)],
-                      env={"EDGE_AGENT_TELEMETRY_SOURCE": "file", "EDGE_AGENT_TELEMETRY_FILE": str(override),
-                           "EDGE_AGENT_TELEMETRY_INTERVAL_S": "0.2", "EDGE_AGENT_POLICY_WATCH_S": "0.2"}).start()
+    d = DaemonProcess(
+        tmp_path / "d",
+        args=["--policy", str(policy)],
+        env={
+            "EDGE_AGENT_TELEMETRY_SOURCE": "file",
+            "EDGE_AGENT_TELEMETRY_FILE": str(override),
+            "EDGE_AGENT_TELEMETRY_INTERVAL_S": "0.2",
+            "EDGE_AGENT_POLICY_WATCH_S": "0.2",
+        },
+    ).start()
     d.policy_path, d.override_path = policy, override  # type: ignore[attr-defined]
     yield d
     d.stop()
@@ -129,29 +125,49 @@ def test_battery_rule_applies_from_injected_telemetry(tmp_path: Path) -> None:
     # The shipped default policy with a loose SLO, so that only the battery rule moves the choice.
     policy = tmp_path / "policy.yaml"
     policy.write_text((REPO / "policies" / "default.yaml").read_text().replace("latency_ms: 25", "latency_ms: 500"))
-    d = DaemonProcess(tmp_path / "d", args=["--policy", str(policy)],
-                      env={"EDGE_AGENT_TELEMETRY_SOURCE": "file", "EDGE_AGENT_TELEMETRY_FILE": str(override),
-                           "EDGE_AGENT_TELEMETRY_INTERVAL_S": "0.2"}).start()
+    d = DaemonProcess(
+        tmp_path / "d",
+        args=["--policy", str(policy)],
+        env={
+            "EDGE_AGENT_TELEMETRY_SOURCE": "file",
+            "EDGE_AGENT_TELEMETRY_FILE": str(override),
+            "EDGE_AGENT_TELEMETRY_INTERVAL_S": "0.2",
+        },
+    ).start()
     try:
         with d.client() as c:
             best = most_accurate()
-            eventually(lambda: c.status()["config"]["current"] == best, 20, "the most accurate configuration (loose SLO, on AC)")
+            eventually(
+                lambda: c.status()["config"]["current"] == best,
+                20,
+                "the most accurate configuration (loose SLO, on AC)",
+            )
             override.write_text(json.dumps({"battery_percent": 15, "on_ac": False}))
 
             def on_battery_config() -> bool:
                 st = c.status()
-                return "battery-low" in st["slo"]["rules"] and st["config"]["variant"] in {"int8", "lowres", "int8-lowres"} \
+                return (
+                    "battery-low" in st["slo"]["rules"]
+                    and st["config"]["variant"] in {"int8", "lowres", "int8-lowres"}
                     and st["config"]["budget"] <= 0.5
+                )
+
             eventually(on_battery_config, 10, "battery rule restricts the configuration")
             st = c.status()
             assert st["telemetry"]["battery_percent"] == 15 and st["telemetry"]["on_ac"] is False
             assert "battery-low" in st["controller"]["last_reason"]
             metrics = c.metrics()
             assert 'edge_agent_telemetry{field="battery_percent"} 15.0' in metrics
-            assert f'edge_agent_config_info{{budget="{st["config"]["budget"]:g}",variant="{st["config"]["variant"]}"}} 1.0' in metrics
+            assert (
+                f'edge_agent_config_info{{budget="{st["config"]["budget"]:g}",variant="{st["config"]["variant"]}"}} 1.0'
+                in metrics
+            )
             override.write_text(json.dumps({"battery_percent": 90, "on_ac": True}))
-            eventually(lambda: c.status()["config"]["current"] == best and not c.status()["slo"]["rules"], 20,
-                       "back on AC: the most accurate again after the dwell")
+            eventually(
+                lambda: c.status()["config"]["current"] == best and not c.status()["slo"]["rules"],
+                20,
+                "back on AC: the most accurate again after the dwell",
+            )
     finally:
         d.stop()
 
@@ -198,8 +214,12 @@ def test_real_contention_steps_down_and_back_up(tmp_path: Path) -> None:
     burners: list[multiprocessing.Process] = []
     try:
         with d.client() as c:
-            eventually(lambda: c.status()["config"]["current"] == best_name, 20, f"{best_name} (the most accurate) while idle")
-            burners = [multiprocessing.Process(target=_burn, args=(stop_burn,)) for _ in range(2 * (os.cpu_count() or 1))]
+            eventually(
+                lambda: c.status()["config"]["current"] == best_name, 20, f"{best_name} (the most accurate) while idle"
+            )
+            burners = [
+                multiprocessing.Process(target=_burn, args=(stop_burn,)) for _ in range(2 * (os.cpu_count() or 1))
+            ]
             for b in burners:
                 b.start()
             eventually(lambda: c.status()["config"]["current"] != best_name, 30, "step down under contention")
@@ -208,6 +228,7 @@ def test_real_contention_steps_down_and_back_up(tmp_path: Path) -> None:
             def recovered() -> bool:
                 w = c.status()["slo"]
                 return w["observed_ms"] is not None and w["observed_ms"] <= slo and w["requests"] >= 20
+
             eventually(recovered, 40, "p95 back under the SLO under contention")
             stop_burn.set()
             for b in burners:

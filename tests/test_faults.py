@@ -29,7 +29,7 @@ from agent.runner import Config, Runner
 from agent.snapshot import Snapshot
 from agent.telemetry import READING_FIELDS, GuardedSource
 from agent.zoo import SessionSettings, describe_onnx, open_zoo
-from tests.daemon import DaemonProcess
+from tests.daemon import DaemonProcess, eventually
 
 CLASSES = ["ok", "scratch", "crack"]
 SIZE = 32
@@ -94,18 +94,6 @@ def policy_text(latency_ms: float) -> str:
         f"version: 1\nslo: {{percentile: 95, latency_ms: {latency_ms}, window_s: 3, headroom: 0.85}}\n"
         "hysteresis: {dwell_s: 0.5, min_switch_interval_s: 0.2}\n"
     )
-
-
-def eventually(check: Callable[[], object], timeout: float, what: str) -> object:
-    """Poll `check` until truthy; the bound is generous, not a timing claim."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s: {what} (last: {last!r})")
 
 
 def start(tmp_path: Path, zoo: Path, env: dict[str, str] | None = None, policy_ms: float = 500) -> DaemonProcess:
