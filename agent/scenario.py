@@ -208,35 +208,55 @@ def count_switches(configs: list[str], persist: int = 3) -> int:
     return switches
 
 
-def reaction_times(
-    records: list[Record], slo_ms: float, phase_s: float, phases: int, window_s: float = 1.0, min_samples: int = 20
-) -> list[float | None]:
-    """Per phase step: seconds from the step until the rolling p95 (refusals as misses) is back
-    under the SLO and stays there for the rest of the phase; 0 when it never left; None when it
-    never came back. The window spans `window_s`, widened to hold about `min_samples` requests
-    at the offered rate: over fewer than 20 requests a p95 is the maximum, and one late
-    request would read as a slow reaction. The reaction ends with the last late request of a
-    window over the SLO, not with that window's end, so a wide window does not lengthen it."""
-    rate = len(records) / max(phase_s * phases, 1e-9)
-    window_s = max(window_s, min_samples / rate) if rate > 0 else window_s
-    out: list[float | None] = []
+@dataclass(frozen=True)
+class Reaction:
+    """How the rolling p95 answered one step: `seconds` from the step until it was back under
+    the SLO (0: it never went over; None: not back by the phase's end), and `later`, the
+    stretches (start, end; seconds from the step) where it went over again afterwards. A late
+    stretch is no reaction to the step, but it is a miss the reader should see."""
+
+    seconds: float | None
+    later: tuple[tuple[float, float], ...] = ()
+
+    def __str__(self) -> str:
+        head = "never" if self.seconds is None else f"{self.seconds:g}"
+        return head + "".join(f" (over again {a:g}-{b:g})" for a, b in self.later)
+
+
+def reaction_times(records: list[Record], slo_ms: float, phase_s: float, phases: int, window: int = 20) -> list[Reaction]:
+    """Per phase step, the rolling p95 over the phase's last `window` requests (refusals as
+    misses), evaluated at each request. Over fewer than 20 requests a p95 is close to the
+    maximum, so a stretch over the SLO ends with its last late request, not with the request
+    that pushes that one out of the window. The step's own stretch is one that starts within
+    the phase's first `window` requests; any later one is listed apart."""
+    out = []
     for i in range(phases):
-        start, end = i * phase_s, (i + 1) * phase_s
-        rs = [r for r in records if start <= r.sent < end]
-        bad_until: float | None = None  # the last late request of any window over the SLO
-        t = start
-        while t < end:
-            win = [r for r in rs if t - window_s < r.sent <= t]
-            if len(win) >= 3 and float(np.percentile([r.latency_ms for r in win], 95)) > slo_ms:
-                last_late = max(r.sent for r in win if r.latency_ms > slo_ms)
-                bad_until = last_late if bad_until is None else max(bad_until, last_late)
-            t += 0.1
-        if bad_until is None:
-            out.append(0.0)
-        elif bad_until >= end - window_s:
-            out.append(None)
+        rs = sorted((r for r in records if r.phase == i), key=lambda r: r.sent)
+        start = i * phase_s
+        stretches: list[tuple[int, float, float]] = []  # (index first over, first and last late send time)
+        open_ = False
+        for j in range(len(rs)):
+            win = rs[max(0, j - window + 1) : j + 1]
+            over = len(win) >= 3 and float(np.percentile([r.latency_ms for r in win], 95)) > slo_ms
+            if over:
+                prior = stretches[-1][2] if stretches and not open_ else -np.inf
+                late = [r.sent for r in win if r.latency_ms > slo_ms and r.sent > prior] or [win[-1].sent]
+                if open_:
+                    k, first_late, _ = stretches[-1]
+                    stretches[-1] = (k, first_late, max(late))
+                else:
+                    stretches.append((j, min(late), max(late)))
+            open_ = over
+        step = stretches[0] if stretches and stretches[0][0] < window else None
+        later = stretches[1:] if step is not None else stretches
+        if step is None:
+            seconds: float | None = 0.0
+        elif open_ and len(stretches) == 1:
+            seconds = None
         else:
-            out.append(round(bad_until - start, 2))
+            seconds = round(step[2] - start, 2)
+        spans = tuple((round(a - start, 2), round(b - start, 2)) for _, a, b in later)
+        out.append(Reaction(seconds, spans))
     return out
 
 

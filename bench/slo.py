@@ -53,12 +53,22 @@ def one_run(name: str, pin: str | None, policy: Path, args: argparse.Namespace, 
             decisions = client.status()["decisions"]
     slo = load_policy(policy).slo.latency_ms
     result = {"name": name, "pin": pin, **summarize(records, slo, len(schedule)),
-              "reaction_s": reaction_times(records, slo, args.phase_s, len(schedule)),
+              **reactions(records, slo, args.phase_s, len(schedule)),
               "decisions": decisions, "records": records_as_dicts(records)}
     o = result["overall"]
     print(f"{name:>14}: attainment {o['attainment']:.1%}, p95 {o['p95_ms']} ms, accuracy {o['accuracy']:.1%}, "
           f"refused {o['refused']}, switches {o['switches']}", flush=True)
     return result
+
+
+def reactions(records: list[Any], slo: float, phase_s: float, phases: int) -> dict[str, Any]:
+    found = reaction_times(records, slo, phase_s, phases)
+    return {"reaction_s": [r.seconds for r in found], "over_again_s": [list(r.later) for r in found]}
+
+
+def reaction_cell(run: dict[str, Any], phase: int) -> str:
+    seconds, later = run["reaction_s"][phase], run["over_again_s"][phase]
+    return ("never" if seconds is None else f"{seconds:g}") + "".join(f" (over again {a:g}-{b:g} s)" for a, b in later)
 
 
 def oracle(runs: list[dict[str, Any]], policy: Path, phases: list[Any], slo_ms: float) -> list[dict[str, Any]]:
@@ -112,7 +122,7 @@ def main() -> None:
         a = agent["phases"][i]
         full = next((r["phases"][i] for r in runs if r["pin"] == "full@1"), {})
         phase_rows.append([p.name, f"{a['attainment']:.1%}", a["p95_ms"], f"{a['accuracy']:.1%}" if a["accuracy"] is not None else "-",
-                           ", ".join(a["configs"]), agent["reaction_s"][i], a["switches"],
+                           ", ".join(a["configs"]), reaction_cell(agent, i), a["switches"],
                            f"{full.get('attainment', 0):.1%}", orc[i]["config"] or "-",
                            f"{orc[i]['accuracy']:.1%}" if orc[i]["accuracy"] is not None else "-"])
     md = (f"# SLO under contention\n\n{payload['machine']}, {payload['date']}; {args.phase_s:g} s phases, "
