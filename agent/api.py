@@ -33,6 +33,13 @@ class Classification(BaseModel):
     attention: list[list[float]] | None = None
 
 
+class ClassifyQuery(BaseModel):
+    """Query of `POST /v1/classify`."""
+
+    deadline_ms: float | None = Field(None, gt=0, le=600_000, description="Refuse (503) if not answerable in time")
+    explain: bool = Field(False, description="Add the CLS attention map over the patch grid")
+
+
 class PinRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     config: str = Field(description="VARIANT@BUDGET, e.g. int8@0.5")

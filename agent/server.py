@@ -2,7 +2,9 @@
 
 Request path of `/v1/classify`, top to bottom: admission check (refuse before reading the
 body) -> decode (header on the loop, pixels in the worker) -> runner.submit (admit, queue,
-run) -> encode.
+run) -> encode. Every request pays for that path on the event loop, so it is a plain ASGI
+handler behind the FastAPI route that declares it: FastAPI's per-request dependency solving
+and Request object cost more loop time than the rest of the path (bench/overhead.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 import numpy as np
 import orjson
@@ -23,11 +26,13 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent import __version__
 from agent.api import (
     Classification,
+    ClassifyQuery,
     ErrorBody,
     PinAnswer,
     PinRequest,
@@ -83,8 +88,11 @@ def error_response(code: str, message: str, status: int, headers: dict[str, str]
 
 
 async def read_body(request: Request, limit: int) -> bytes:
+    return await receive_body(request.receive, request.headers.get("content-length"), limit)
+
+
+async def receive_body(receive: Receive, length: str | None, limit: int) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed `limit` (never read whole)."""
-    length = request.headers.get("content-length")
     if length is not None:
         try:
             declared = int(length)
@@ -93,16 +101,29 @@ async def read_body(request: Request, limit: int) -> bytes:
         if declared > limit:
             raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
-def media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+def media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first `name` header (lower-case, as ASGI gives them) of a request's scope."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
 
 
 class ObserveMiddleware:
@@ -230,33 +251,19 @@ def create_app(state: AppState) -> FastAPI:
             result["attention"] = np.round(outcome.prediction.attention[0], 5).tolist()
         return result
 
-    @app.post(
-        "/v1/classify",
-        response_model=Classification,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "image/png": {"schema": {"type": "string", "format": "binary"}},
-                    "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-                    "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
-                },
-            }
-        },
-    )
-    async def classify(
-        request: Request,
-        deadline_ms: float | None = Query(None, gt=0, le=600_000, description="Refuse (503) if not answerable in time"),
-        explain: bool = Query(False, description="Add the CLS attention map over the patch grid"),
-    ) -> Response:
-        """Classify one image (PNG/JPEG/...) or a float32 .npy tensor (3, H, W) in [0, 1]."""
-        kind = media_type(request)
+    async def classify_asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        kind = media_type(header(scope, b"content-type") or "")
         if kind not in IMAGE_TYPES and kind not in NPY_TYPES:
             raise UnsupportedMediaType(
                 f"Content-Type {kind or '(none)'!r} is not supported; send image/png, image/jpeg or application/x-npy"
             )
-        runner.check_admission(deadline_ms)  # a refusal should not wait for the body's decode
-        body = await read_body(request, settings.max_body_bytes)
+        try:
+            fields = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+            query = ClassifyQuery.model_validate(dict(fields))
+        except ValidationError as exc:
+            raise RequestValidationError([{**e, "loc": ("query", *e["loc"])} for e in exc.errors()]) from None
+        runner.check_admission(query.deadline_ms)  # a refusal should not wait for the body's decode
+        body = await receive_body(receive, header(scope, b"content-length"), settings.max_body_bytes)
         if kind in IMAGE_TYPES:
             image = open_image(body)
 
@@ -271,8 +278,29 @@ def create_app(state: AppState) -> FastAPI:
             def prepare(variant: LoadedVariant) -> np.ndarray:
                 return tensor_to_input(tensor, variant.spec.resolution)
 
-        outcome = await runner.submit(prepare, deadline_ms)
-        return json_response(answer(outcome, explain))
+        outcome = await runner.submit(prepare, query.deadline_ms)
+        await json_response(answer(outcome, query.explain))(scope, receive, send)
+
+    @app.post(
+        "/v1/classify",
+        response_model=Classification,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "image/png": {"schema": {"type": "string", "format": "binary"}},
+                    "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                    "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
+                },
+            }
+        },
+    )
+    async def classify(query: Annotated[ClassifyQuery, Query()]) -> Response:
+        """Classify one image (PNG/JPEG/...) or a float32 .npy tensor (3, H, W) in [0, 1]."""
+        raise NotImplementedError("served by classify_asgi")  # this function only declares the schema
+
+    route = next(r for r in app.router.routes if isinstance(r, Route) and r.path == "/v1/classify")
+    route.app = classify_asgi
 
     # -- Open Inference Protocol (KServe v2) ----------------------------------------------
 

@@ -237,11 +237,15 @@ def test_unmeetable_deadline_is_shed_with_503_and_retry_after(http: httpx.Client
 
 
 def test_invalid_query_is_422_json(http: httpx.Client, good_png: bytes) -> None:
-    assert_error(
-        http.post("/v1/classify?deadline_ms=-3", content=good_png, headers={"content-type": "image/png"}),
-        422,
-        "invalid_request",
-    )
+    for query in ("deadline_ms=-3", "deadline_ms=soon", "explain=perhaps", "explain="):
+        r = http.post(f"/v1/classify?{query}", content=good_png, headers={"content-type": "image/png"})
+        assert_error(r, 422, "invalid_request")
+        assert r.json()["error"]["message"].startswith(f"query.{query.split('=')[0]}:")
+    assert_still_serving(http, good_png)
+
+
+def test_classify_takes_only_post(http: httpx.Client, good_png: bytes) -> None:
+    assert_error(http.get("/v1/classify"), 405, "method_not_allowed")
     assert_still_serving(http, good_png)
 
 
