@@ -29,6 +29,8 @@ from agent.zoo import LoadedVariant, Prediction, Zoo
 log = structlog.get_logger(__name__)
 
 ESTIMATE_PROBE_S = 0.5  # how often a deadline request may run although the estimate says it is late
+SERVICE_SAMPLES = 32  # compute times kept per configuration
+SERVICE_QUANTILE = 0.9  # of those, the one admission plans with
 
 
 @dataclass(frozen=True, order=True)
@@ -113,6 +115,26 @@ class LatencyWindow:
         return {"count": len(values), "p50_ms": round(p50, 3), "p95_ms": round(p95, 3), "p99_ms": round(p99, 3)}
 
 
+@dataclass
+class ServiceEstimate:
+    """How long one configuration computes, from its recent requests. Admission plans with a
+    high quantile rather than the mean: under contention compute times spread, and a request
+    admitted on the mean finishes late about half the time it is admitted near its deadline.
+    Samples older than ESTIMATE_PROBE_S are dropped at the next one: they describe another load."""
+
+    ms: float = 10.0
+    at: float = 0.0  # monotonic time of the last sample
+    samples: deque[float] = field(default_factory=lambda: deque(maxlen=SERVICE_SAMPLES))
+
+    def add(self, ms: float, now: float) -> None:
+        if now - self.at > ESTIMATE_PROBE_S:
+            self.samples.clear()
+        self.samples.append(ms)
+        self.at = now
+        ordered = sorted(self.samples)
+        self.ms = ordered[min(len(ordered) - 1, int(SERVICE_QUANTILE * len(ordered)))]
+
+
 @dataclass(frozen=True)
 class Pin:
     config: Config
@@ -141,8 +163,7 @@ class Runner:
         self._pin: Pin | None = None
         self.history: deque[Switch] = deque(maxlen=20)
         self.window = LatencyWindow(window_s)
-        self._service_ms: dict[Config, float] = {}
-        self._service_at: dict[Config, float] = {}  # monotonic time of each estimate's last update
+        self.service: dict[Config, ServiceEstimate] = {}
         self.on_switch: list[Callable[[Switch], None]] = []
         #: Called with the new pin (None: removed) whenever it changes, so it can be persisted.
         self.on_pin: list[Callable[[Pin | None], None]] = []
@@ -255,9 +276,9 @@ class Runner:
         return self._inflight
 
     def expected_service_ms(self, config: Config) -> float:
-        if config in self._service_ms:
-            return self._service_ms[config]
-        return max(self._service_ms.values(), default=10.0)
+        if config in self.service:
+            return self.service[config].ms
+        return max((e.ms for e in self.service.values()), default=10.0)
 
     def _release(self, _: Future[Outcome]) -> None:
         with self._lock:
@@ -279,7 +300,7 @@ class Runner:
         probe = (
             deadline_ms is not None
             and inflight < self.workers
-            and time.monotonic() - self._service_at.get(config, 0.0) > ESTIMATE_PROBE_S
+            and time.monotonic() - self.service.get(config, ServiceEstimate()).at > ESTIMATE_PROBE_S
         )
         if deadline_ms is not None and predicted > deadline_ms and not probe:
             self.window.add(time.monotonic(), math.inf, config)
@@ -352,10 +373,8 @@ class Runner:
         done = time.perf_counter()
         compute_ms = (done - started) * 1000
         queue_ms = (started - enqueued) * 1000
-        old, now = self._service_ms.get(config), time.monotonic()
-        stale = now - self._service_at.get(config, 0.0) > ESTIMATE_PROBE_S  # an old estimate says nothing now
-        self._service_ms[config] = compute_ms if old is None or stale else 0.8 * old + 0.2 * compute_ms
-        self._service_at[config] = now
+        with self._lock:  # two workers may finish the same configuration at once
+            self.service.setdefault(config, ServiceEstimate()).add(compute_ms, time.monotonic())
         self.window.add(time.monotonic(), queue_ms + compute_ms, config)
         return Outcome(config, prediction, queue_ms, compute_ms)
 
@@ -371,7 +390,7 @@ class Runner:
                     start = time.perf_counter()
                     variant.run(x, budget)
                     times.append((time.perf_counter() - start) * 1000)
-                self._service_ms[Config(variant.name, budget)] = float(np.median(times))
+                self.service[Config(variant.name, budget)] = ServiceEstimate(float(np.median(times)))
 
     def close(self, wait: bool = True) -> None:
         self._executor.shutdown(wait=wait, cancel_futures=not wait)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import Overloaded
-from agent.runner import ESTIMATE_PROBE_S, Config, Runner
+from agent.runner import ESTIMATE_PROBE_S, Config, Runner, ServiceEstimate
 from agent.zoo import SessionSettings, open_zoo
 from tests.test_faults import NOISE, make_zoo
 
@@ -24,7 +24,8 @@ def test_a_stale_estimate_cannot_refuse_deadline_requests_forever(tmp_path: Path
     config = Config("a", 1.0)
     try:
         # An estimate from a busy moment, just updated: a 100 ms deadline cannot be met.
-        runner._service_ms[config], runner._service_at[config] = 500.0, time.monotonic()
+        runner.service[config] = ServiceEstimate()
+        runner.service[config].add(500.0, time.monotonic())
         with pytest.raises(Overloaded, match="cannot be met"):
             asyncio.run(runner.submit(lambda v: NOISE[None], deadline_ms=100))
         # Once the estimate is stale, one request runs as a probe and its time replaces it ...
@@ -36,3 +37,13 @@ def test_a_stale_estimate_cannot_refuse_deadline_requests_forever(tmp_path: Path
             asyncio.run(runner.submit(lambda v: NOISE[None], deadline_ms=100))
     finally:
         runner.close()
+
+
+def test_admission_plans_with_a_high_quantile_of_recent_compute_times() -> None:
+    estimate = ServiceEstimate()
+    now = time.monotonic()
+    for ms in [10.0] * 27 + [30.0] * 5:  # 5 of 32 slow: the 90% quantile is slow
+        estimate.add(ms, now)
+    assert estimate.ms == 30.0
+    estimate.add(10.0, now + ESTIMATE_PROBE_S * 2)  # after a pause, only the new load counts
+    assert estimate.ms == 10.0 and len(estimate.samples) == 1
