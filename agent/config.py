@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(
         default=30.0, gt=0, description="Answer 408 and close if a request body takes longer, from its headers"
     )
+    loop_priority: int = Field(
+        default=0,
+        ge=0,
+        le=20,
+        description="Nice levels the event-loop thread runs above the workers, so it answers at once under full load",
+    )
     admin_uids: list[int] = Field(default_factory=list, description="Besides root and the daemon's own uid")
     default_variant: str = "full"
     default_budget: float = Field(default=1.0, gt=0, le=1)

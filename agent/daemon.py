@@ -35,6 +35,7 @@ from agent.listener import bind_unix, remove_socket, socket_identity, systemd_so
 from agent.logs import configure_logging
 from agent.metrics import Metrics
 from agent.paths import state_dir
+from agent.priority import BASE_NICE, set_thread_nice
 from agent.runner import Config, Pin, Runner, Switch
 from agent.server import AppState, create_app
 from agent.telemetry import GuardedSource, make_source
@@ -263,6 +264,9 @@ class Daemon:
 
     async def _serve(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
+        boost = self.settings.loop_priority
+        if boost and set_thread_nice(BASE_NICE - boost):
+            log.info("loop_priority_raised", nice=BASE_NICE - boost, workers_nice=BASE_NICE)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self._on_signal, signum)
         scheduler = AsyncIOScheduler(event_loop=loop)

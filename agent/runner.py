@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 
 from agent.errors import BadInput, InferenceFailed, NotFound, Overloaded, VariantUnavailable
 from agent.health import VariantHealth
+from agent.priority import as_worker
 from agent.zoo import LoadedVariant, Prediction, Zoo
 
 log = structlog.get_logger(__name__)
@@ -153,7 +154,7 @@ class Runner:
         self.health = VariantHealth()
         self.workers = workers
         self.capacity = workers + queue_size
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="ort-worker")
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="ort-worker", initializer=as_worker)
         self._lock = threading.Lock()
         self._inflight = 0
         self._finish_at: dict[int, float] = {}  # worker thread -> expected end of its request (perf_counter)

@@ -3,6 +3,7 @@ socket ownership, configuration switches under load, and admin access by uid."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -278,3 +280,24 @@ def test_notify_never_blocks_when_nobody_reads(tmp_path: Path, monkeypatch: pyte
     assert time.monotonic() - started < 2.0
     assert sent[0] is True and sent[-1] is False  # the queue filled up; later messages were dropped
     unread.close()
+
+
+def thread_nice(pid: int, tid: int) -> int:
+    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[16])  # field 19 of proc_pid_stat(5); fields[0] is field 3
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="raising a thread's priority needs root or CAP_SYS_NICE")
+def test_loop_priority_raises_the_loop_thread_and_not_the_workers(tmp_path: Path, sample_png: Path) -> None:
+    d = DaemonProcess(tmp_path / "d", env={"EDGE_AGENT_LOOP_PRIORITY": "5", "EDGE_AGENT_WORKERS": "2"}).start()
+    try:
+        with d.client() as c, ThreadPoolExecutor(4) as pool:  # both workers start
+            assert all(a["label"] for a in pool.map(lambda _: c.classify(sample_png), range(8)))
+        assert d.proc is not None
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        assert thread_nice(d.proc.pid, d.proc.pid) == base - 5  # the main thread runs the event loop
+        workers = [json.loads(line)["tid"] for line in d.log().splitlines() if '"worker_started"' in line]
+        assert len(workers) == 2
+        assert all(thread_nice(d.proc.pid, tid) == base for tid in workers)
+    finally:
+        d.stop()
