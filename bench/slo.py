@@ -33,8 +33,8 @@ from bench.common import RESULTS, header, md_table, write_results
 def static_configs() -> list[str]:
     manifest = load_manifest(default_zoo_dir() / "manifest.json")
     configs = [f"{v.name}@1" for v in manifest.variants] + ["full@0.5"]
-    cheapest = min((v.latency.lookup(b, 1).p50_ms, f"{v.name}@{b:g}") for v in manifest.variants if v.latency
-                    for b in v.budgets if v.latency.lookup(b, 1))[1]
+    timed = [(v.latency.lookup(b, 1), f"{v.name}@{b:g}") for v in manifest.variants if v.latency for b in v.budgets]
+    cheapest = min((point.p50_ms, name) for point, name in timed if point is not None)[1]
     return [*configs, cheapest] if cheapest not in configs else configs
 
 
@@ -120,7 +120,7 @@ def main() -> None:
     phase_rows = []
     for i, p in enumerate(phases):
         a = agent["phases"][i]
-        full = next((r["phases"][i] for r in runs if r["pin"] == "full@1"), {})
+        full: dict[str, Any] = next((r["phases"][i] for r in runs if r["pin"] == "full@1"), {})
         phase_rows.append([p.name, f"{a['attainment']:.1%}", a["p95_ms"], f"{a['accuracy']:.1%}" if a["accuracy"] is not None else "-",
                            ", ".join(a["configs"]), reaction_cell(agent, i), a["switches"],
                            f"{full.get('attainment', 0):.1%}", orc[i]["config"] or "-",

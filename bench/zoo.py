@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,16 +76,16 @@ def main() -> None:
 
     splits = {s: data.generate(s, args.count, seed=seed) for s in ("test", "shifted")}
     acc: dict[tuple[str, float], dict[str, float]] = {}
-    for s, (imgs, labels) in splits.items():
+    for split, (imgs, labels) in splits.items():
         for res in sorted({v.spec.resolution for v in zoos[2].variants.values()}):
             x = batch_inputs(imgs, res)
             for n, b in configs:
                 if zoos[2].variants[n].spec.resolution == res:
-                    acc.setdefault((n, b), {})[s] = accuracy(zoos[2].variants[n], x, labels, b)
+                    acc.setdefault((n, b), {})[split] = accuracy(zoos[2].variants[n], x, labels, b)
 
     base = float(np.median(times[("full", 1.0, 2)]))
     base_acc = acc[("full", 1.0)]["test"]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for n, b in configs:
         p50 = float(np.median(times[(n, b, 2)]))
         rows.append(
@@ -192,7 +193,7 @@ def plot(rows: list[dict], front: list[str], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharex=True)
-    colors = {}
+    colors: dict[str, str] = {}
     for ax, split in zip(axes, ("acc_test", "acc_shifted"), strict=True):
         for r in rows:
             c = colors.setdefault(r["variant"], f"C{len(colors)}")
