@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import io
 import math
 import tokenize
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -18,6 +20,7 @@ from agent.errors import BadInput, InvalidTensor
 MAX_PIXELS = 40_000_000
 #: The formats the API accepts (IMAGE_TYPES in the server). Pillow would otherwise open any of
 #: its ~40 formats, EPS among them, which runs Ghostscript on the body when it is installed.
+NPY_MAX_HEADER = 10_000  # bytes of .npy header parsed (numpy's own default limit)
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
 #: After an image this large, freed memory is handed back to the OS (see `release`).
 TRIM_PIXELS = 1_000_000
@@ -89,21 +92,9 @@ def decode_npy(body: bytes) -> NDArray[np.float32]:
         raise BadInput("empty request body: expected an .npy tensor")
     if not body.startswith(np.lib.format.MAGIC_PREFIX):
         raise BadInput("body is not an .npy file (no \\x93NUMPY magic); send one array saved with numpy.save")
-    stream = io.BytesIO(body)
-    try:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            raise BadInput(f"unsupported .npy format version {version[0]}.{version[1]}; send version 1.0 or 2.0")
-    # numpy parses the header with ast.literal_eval, which lets tokenize.TokenError through too.
-    except (ValueError, OSError, EOFError, SyntaxError, RecursionError, MemoryError, tokenize.TokenError) as exc:
-        raise BadInput(f"cannot decode .npy body: {exc}") from exc
+    shape, fortran, dtype, offset = _npy_header(_npy_header_bytes(body))
     if dtype != np.float32:
         raise InvalidTensor(f"expected dtype float32, got {dtype}")
-    offset = stream.tell()
     needed, available = math.prod(shape) * dtype.itemsize, len(body) - offset
     if needed != available:
         raise BadInput(
@@ -111,6 +102,36 @@ def decode_npy(body: bytes) -> NDArray[np.float32]:
         )
     flat = np.frombuffer(body, dtype=dtype, count=math.prod(shape), offset=offset)
     return flat.reshape(shape, order="F" if fortran else "C")
+
+
+def _npy_header_bytes(body: bytes) -> bytes:
+    """The magic, version, length and header of an .npy body (garbage past its end is the
+    parser's to reject)."""
+    major = body[6:7]
+    if major == b"\x01" and len(body) >= 10:
+        return body[: 10 + int.from_bytes(body[8:10], "little")]
+    if major in (b"\x02", b"\x03") and len(body) >= 12:
+        return body[: 12 + min(int.from_bytes(body[8:12], "little"), NPY_MAX_HEADER)]
+    return body[:12]
+
+
+@functools.lru_cache(maxsize=32)
+def _npy_header(head: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:
+    """(shape, Fortran order, dtype, data offset) of an .npy header. Cached: a camera sends the
+    same header with every frame, and numpy parses it with ast.literal_eval (a compile per call)."""
+    stream = io.BytesIO(head)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream, max_header_size=NPY_MAX_HEADER)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream, max_header_size=NPY_MAX_HEADER)
+        else:
+            raise BadInput(f"unsupported .npy format version {version[0]}.{version[1]}; send version 1.0 or 2.0")
+    # numpy parses the header with ast.literal_eval, which lets tokenize.TokenError through too.
+    except (ValueError, OSError, EOFError, SyntaxError, RecursionError, MemoryError, tokenize.TokenError) as exc:
+        raise BadInput(f"cannot decode .npy body: {exc}") from exc
+    return shape, fortran, dtype, stream.tell()
 
 
 def open_image(body: bytes) -> Image.Image:
