@@ -184,6 +184,9 @@ def create_app(state: AppState) -> FastAPI:
         title="edge-agent",
         version=__version__,
         description="Adaptive on-device inference over a Unix socket.",
+        # Prometheus (/metrics) and structlog do this job here; FastAPI's OpenTelemetry hooks
+        # would only cost each request a check of the global providers.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         responses={
             400: {"model": ErrorBody},
             413: {"model": ErrorBody},
