@@ -9,6 +9,7 @@ psutil reader feeds.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import multiprocessing
@@ -111,14 +112,16 @@ def run_schedule(
     images: list[tuple[bytes, str]],
     on_tick: Callable[[int, float, list[Record]], None] | None = None,
     seed: int = 0,
+    warmup_s: float = 0.0,
 ) -> list[Record]:
-    """Drive the schedule; returns one record per request sent."""
+    """Drive the schedule; returns one record per request sent. The first `warmup_s` seconds
+    send the same load unrecorded, so the first phase is the daemon's steady state, not its
+    first requests (cold caches, client connections being opened)."""
     records: list[Record] = []
     lock = threading.Lock()
     local = threading.local()
     burners = Burners()
     rng = random.Random(seed)
-    started = time.monotonic()
 
     def client() -> Client:
         if not hasattr(local, "client"):
@@ -137,8 +140,17 @@ def run_schedule(
         with lock:
             records.append(rec)
 
+    def warm(body: bytes) -> None:
+        with contextlib.suppress(Exception):
+            client().classify(body, "image/png")
+
     pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="load")
     try:
+        warm_rng, warm_end = random.Random(seed + 1), time.monotonic() + warmup_s
+        while time.monotonic() < warm_end:
+            pool.submit(warm, images[warm_rng.randrange(len(images))][0])
+            time.sleep(warm_rng.expovariate(rate))
+        started = time.monotonic()
         next_send = 0.0
         for index, phase in enumerate(schedule):
             burners.set(phase.burn)

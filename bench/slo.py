@@ -4,7 +4,8 @@ Every run starts the real daemon (subprocess, temp socket, the given policy) and
 same scripted schedule with the same Poisson arrivals of the same labelled test images:
 idle -> 1 core busy -> 2 cores busy -> idle -> battery 15% -> 85 C -> idle (busy cores are real
 burning processes; battery and heat are injected through the telemetry file source). Static
-runs pin one configuration; the edge-agent run lets the controller choose. The oracle takes,
+runs pin one configuration; the edge-agent run lets the controller choose. Each run first sends
+3 s of the same load unrecorded, so "idle" is the daemon's steady state. The oracle takes,
 per phase, the most accurate static configuration allowed by the policy there that met the
 SLO (its phase p95 under the SLO). Writes bench/results/slo.{json,md} and slo_timeline.png, slo_bars.png.
 
@@ -49,7 +50,7 @@ def one_run(name: str, pin: str | None, policy: Path, args: argparse.Namespace, 
             if pin:
                 client.pin(pin, 86400, "bench static run")
             time.sleep(1.0)
-            records = run_schedule(sock, override, schedule, args.phase_s, args.rate, images, seed=args.seed)
+            records = run_schedule(sock, override, schedule, args.phase_s, args.rate, images, seed=args.seed, warmup_s=3.0)
             decisions = client.status()["decisions"]
     slo = load_policy(policy).slo.latency_ms
     result = {"name": name, "pin": pin, **summarize(records, slo, len(schedule)),
