@@ -45,6 +45,7 @@ import uvloop
 
 from agent.client import Client
 from agent.launch import running_daemon
+from agent.priority import BASE_NICE, set_thread_nice
 from bench.common import RESULTS, header, md_table, write_results
 from bench.loadgen import (
     CLASSIFY,
@@ -83,6 +84,8 @@ class Run:
 
 async def drive(pid: int, sock: Path, args: argparse.Namespace) -> Run:
     """Pin, measure capacity, then overload and recovery with queue and RSS sampled throughout."""
+    if args.client_priority:  # after the daemon started, which would inherit it
+        set_thread_nice(BASE_NICE - args.client_priority)
     plain = sample_requests(32, ("png",))
     http = UnixHttp(sock)
     status, capacity = await pinned_capacity(
@@ -358,6 +361,12 @@ def main() -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="send deadline_ms = the SLO with every request (default)",
+    )
+    ap.add_argument(
+        "--client-priority",
+        type=int,
+        default=0,
+        help="nice levels this client runs above the daemon's workers, so its own scheduling delays do not count as the daemon's",
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a few seconds per phase, results as overload-quick.*")
