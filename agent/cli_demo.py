@@ -28,14 +28,20 @@ def _view(phase: str, elapsed: float, status: dict[str, Any], records: list[Reco
     top.add_column(style="bold")
     top.add_column()
     top.add_row("phase", f"{phase}  ({elapsed:.0f} s)")
-    top.add_row("telemetry", f"CPU {tele.get('cpu_percent') or 0:.0f}%  load {tele.get('load_avg_1m') or 0:.2f}  "
-                f"temperature {tele.get('temperature_c') or '-'} C  battery {tele.get('battery_percent') or '-'}%  "
-                f"on AC {tele.get('on_ac')}")
+    top.add_row(
+        "telemetry",
+        f"CPU {tele.get('cpu_percent') or 0:.0f}%  load {tele.get('load_avg_1m') or 0:.2f}  "
+        f"temperature {tele.get('temperature_c') or '-'} C  battery {tele.get('battery_percent') or '-'}%  "
+        f"on AC {tele.get('on_ac')}",
+    )
     top.add_row("configuration", f"[cyan]{cfg.get('current')}[/cyan]")
     top.add_row("why", str(cfg.get("reason", ""))[:160])
     observed = slo.get("observed_ms")
     colour = "green" if observed is not None and observed <= slo_ms else "red"
-    top.add_row(f"p{slo.get('percentile', 95):g} vs SLO", f"[{colour}]{observed if observed is not None else '-'} ms[/{colour}] / {slo.get('latency_ms')} ms")
+    top.add_row(
+        f"p{slo.get('percentile', 95):g} vs SLO",
+        f"[{colour}]{observed if observed is not None else '-'} ms[/{colour}] / {slo.get('latency_ms')} ms",
+    )
     done = [r for r in records]
     if done:
         met = sum(1 for r in done if r.latency_ms <= slo_ms) / len(done)
@@ -54,7 +60,9 @@ def demo(
     phase_s: Annotated[float, typer.Option(help="Seconds per phase")] = 6.0,
     rate: Annotated[float, typer.Option(help="Requests per second")] = 30.0,
     out: Annotated[Path, typer.Option(help="Where to write the timeline PNG")] = Path("demo-timeline.png"),
-    record_trace: Annotated[Path | None, typer.Option(help="Also record the daemon's telemetry and latency as a trace (JSONL)")] = None,
+    record_trace: Annotated[
+        Path | None, typer.Option(help="Also record the daemon's telemetry and latency as a trace (JSONL)")
+    ] = None,
 ) -> None:
     """Start the daemon, run a short contention schedule against it, show its decisions live."""
     schedule = default_schedule()
@@ -65,10 +73,17 @@ def demo(
     with tempfile.TemporaryDirectory(prefix="edge-agent-demo-") as tmp:
         override = Path(tmp) / "telemetry.json"
         override.write_text("{}")
-        env = {"EDGE_AGENT_TELEMETRY_SOURCE": "file", "EDGE_AGENT_TELEMETRY_FILE": str(override),
-               "EDGE_AGENT_TELEMETRY_INTERVAL_S": "0.25", "EDGE_AGENT_CONTROLLER_INTERVAL_S": "0.25"}
-        with running_daemon(env=env, args=["--policy", str(policy)]) as (_, sock), Client(sock) as client, \
-                Live(console=console, refresh_per_second=4) as live:
+        env = {
+            "EDGE_AGENT_TELEMETRY_SOURCE": "file",
+            "EDGE_AGENT_TELEMETRY_FILE": str(override),
+            "EDGE_AGENT_TELEMETRY_INTERVAL_S": "0.25",
+            "EDGE_AGENT_CONTROLLER_INTERVAL_S": "0.25",
+        }
+        with (
+            running_daemon(env=env, args=["--policy", str(policy)]) as (_, sock),
+            Client(sock) as client,
+            Live(console=console, refresh_per_second=4) as live,
+        ):
             trace = record_trace.open("w", encoding="utf-8") if record_trace else None
 
             def tick(index: int, elapsed: float, records: list[Record]) -> None:
@@ -93,11 +108,25 @@ def demo(
     for i, ph in enumerate(summary["phases"]):
         if not ph["requests"]:
             continue
-        table.add_row(schedule[i].name, str(ph["requests"]), f"{ph['attainment']:.1%}", str(ph["p95_ms"]),
-                      f"{ph['accuracy']:.1%}" if ph["accuracy"] is not None else "-", ", ".join(ph["configs"]), str(reactions[i]))
+        table.add_row(
+            schedule[i].name,
+            str(ph["requests"]),
+            f"{ph['attainment']:.1%}",
+            str(ph["p95_ms"]),
+            f"{ph['accuracy']:.1%}" if ph["accuracy"] is not None else "-",
+            ", ".join(ph["configs"]),
+            str(reactions[i]),
+        )
     o = summary["overall"]
-    table.add_row("all", str(o["requests"]), f"{o['attainment']:.1%}", str(o["p95_ms"]),
-                  f"{o['accuracy']:.1%}" if o["accuracy"] is not None else "-", "", "")
+    table.add_row(
+        "all",
+        str(o["requests"]),
+        f"{o['attainment']:.1%}",
+        str(o["p95_ms"]),
+        f"{o['accuracy']:.1%}" if o["accuracy"] is not None else "-",
+        "",
+        "",
+    )
     console.print(table)
     _plot(records, schedule, phase_s, slo_ms, out)
     console.print(f"timeline: {out.resolve()}")
@@ -109,7 +138,11 @@ def _trace_line(status: dict[str, Any]) -> str:
     from agent.telemetry_formats import trace_line
 
     slo = status["slo"]
-    observed = {"config": status["config"]["current"], "p95_ms": slo.get("observed_ms"), "count": slo.get("requests", 0)}
+    observed = {
+        "config": status["config"]["current"],
+        "p95_ms": slo.get("observed_ms"),
+        "count": slo.get("requests", 0),
+    }
     return trace_line(Snapshot.from_dict(status["telemetry"]), observed if slo.get("observed_ms") else None)
 
 

@@ -117,7 +117,9 @@ def simulate(
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(1) from None
     table_ = latency_table(manifest, None)
-    options = options_from_manifest(manifest, table_, {v.name for v in manifest.variants}, threads, policy.slo.percentile)
+    options = options_from_manifest(
+        manifest, table_, {v.name for v in manifest.variants}, threads, policy.slo.percentile
+    )
     steps = run_simulation(policy, entries, options)
     table = Table(title=f"decisions: {policy_file.name} on {trace.name}")
     for col in ("t (s)", "cpu %", "temp C", "battery %", "config", "predicted ms", "SLO ms", "reason"):
@@ -126,13 +128,23 @@ def simulate(
         if not s.decision.switch:
             continue
         snap = s.entry.snapshot
-        table.add_row(f"{s.t:.1f}", _fmt(snap.cpu_percent), _fmt(snap.temperature_c), _fmt(snap.battery_percent),
-                      str(s.decision.config), _fmt(s.latency_ms), f"{s.decision.slo_ms:g}", s.decision.reason)
+        table.add_row(
+            f"{s.t:.1f}",
+            _fmt(snap.cpu_percent),
+            _fmt(snap.temperature_c),
+            _fmt(snap.battery_percent),
+            str(s.decision.config),
+            _fmt(s.latency_ms),
+            f"{s.decision.slo_ms:g}",
+            s.decision.reason,
+        )
     console.print(table)
     info = summary(steps)
     attainment = info["predicted_attainment"]
-    console.print(f"{info['steps']} steps over {info['duration_s']:.0f} s, {info['switches']} switches, predicted SLO attainment "
-                  + ("n/a (no latency in the trace)" if attainment is None else f"{attainment:.1%}"))
+    console.print(
+        f"{info['steps']} steps over {info['duration_s']:.0f} s, {info['switches']} switches, predicted SLO attainment "
+        + ("n/a (no latency in the trace)" if attainment is None else f"{attainment:.1%}")
+    )
     if plot_out:
         plot(steps, plot_out, f"policy simulate: {policy_file.name} on {trace.name}")
         console.print(f"wrote {plot_out}")

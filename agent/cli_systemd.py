@@ -35,7 +35,10 @@ console = Console(soft_wrap=True, highlight=False)
 
 TemplatesOpt = Annotated[
     Path | None,
-    typer.Option("--templates", help="Folder with the unit templates (default: systemd/ of this checkout or share/edge-agent/systemd of the venv)"),
+    typer.Option(
+        "--templates",
+        help="Folder with the unit templates (default: systemd/ of this checkout or share/edge-agent/systemd of the venv)",
+    ),
 ]
 ROOT = Path("/")
 
@@ -57,7 +60,9 @@ def _templates(explicit: Path | None) -> Path:
     for folder in candidates:
         if all((folder / unit.template).is_file() for unit in UNIT_FILES):
             return folder
-    _fail(f"no unit templates in {', '.join(map(str, candidates))}; pass --templates DIR (the systemd/ folder of the source)")
+    _fail(
+        f"no unit templates in {', '.join(map(str, candidates))}; pass --templates DIR (the systemd/ folder of the source)"
+    )
 
 
 def _executable() -> Path:
@@ -138,8 +143,10 @@ def _activate(enable: bool) -> None:
     if sysusers:
         _run(sysusers, str(ROOT / unit_file(SYSUSERS).target))
     else:
-        console.print("[yellow]systemd-sysusers not found:[/yellow] create the user yourself: "
-                      "useradd --system --user-group --home-dir /var/lib/edge-agent --shell /usr/sbin/nologin edge-agent")
+        console.print(
+            "[yellow]systemd-sysusers not found:[/yellow] create the user yourself: "
+            "useradd --system --user-group --home-dir /var/lib/edge-agent --shell /usr/sbin/nologin edge-agent"
+        )
     systemctl = shutil.which("systemctl")
     if not systemctl or not Path("/run/systemd/system").is_dir():
         console.print("[yellow]systemd is not running here:[/yellow] skipped systemctl daemon-reload/enable")
@@ -160,7 +167,9 @@ def _next_steps(prefix: Path, enable: bool) -> None:
 @app.command()
 def install(
     prefix: Annotated[Path, typer.Option(help="Install below this root; anything but / only writes files")] = ROOT,
-    enable: Annotated[bool, typer.Option("--enable/--no-enable", help="Enable and start the socket and the service")] = False,
+    enable: Annotated[
+        bool, typer.Option("--enable/--no-enable", help="Enable and start the socket and the service")
+    ] = False,
     templates: TemplatesOpt = None,
 ) -> None:
     """Install the units, the system user and a default config (kept if present)."""
@@ -172,7 +181,9 @@ def install(
     if hidden and prefix == ROOT:
         _fail(f"{executable}: the service could not start it ({hidden}); install the venv under /opt or /usr/local")
     if hidden:
-        console.print(f"[yellow]warning:[/yellow] {escape(str(executable))}: {hidden}, the installed service could not start it")
+        console.print(
+            f"[yellow]warning:[/yellow] {escape(str(executable))}: {hidden}, the installed service could not start it"
+        )
     folder = _templates(templates)
     try:
         _write_files(prefix, folder)

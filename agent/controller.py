@@ -80,8 +80,9 @@ def profiled_percentile(profile: LatencyProfile, budget: float, threads: int, pe
     return point.p50_ms + spread * (percentile - 50) / 45
 
 
-def options_from_manifest(manifest: Manifest, table: dict[str, LatencyProfile], loaded: set[str], threads: int,
-                          percentile: float) -> list[Option]:
+def options_from_manifest(
+    manifest: Manifest, table: dict[str, LatencyProfile], loaded: set[str], threads: int, percentile: float
+) -> list[Option]:
     """Every loaded variant x budget with a profiled latency, with its test accuracy."""
     options = []
     for variant in manifest.variants:
@@ -138,46 +139,91 @@ def decide(
     if feasible:
         preferred = [o for o in feasible if c.prefer and o.config.variant == c.prefer]
         target = max(preferred or feasible, key=rank)
-        why_target = (f"{target.config} predicted {_ms(predicted[target.config])} <= {c.headroom:g} x SLO {_ms(c.slo_ms)}, "
-                      f"{'preferred variant' if preferred else 'most accurate feasible'} "
-                      f"(test accuracy {target.accuracy:.1%})")
+        why_target = (
+            f"{target.config} predicted {_ms(predicted[target.config])} <= {c.headroom:g} x SLO {_ms(c.slo_ms)}, "
+            f"{'preferred variant' if preferred else 'most accurate feasible'} "
+            f"(test accuracy {target.accuracy:.1%})"
+        )
     else:
         target = min(allowed, key=lambda o: predicted[o.config])
-        why_target = (f"nothing is predicted under {c.headroom:g} x SLO {_ms(c.slo_ms)}: cheapest {target.config} "
-                      f"predicted {_ms(predicted[target.config])}")
+        why_target = (
+            f"nothing is predicted under {c.headroom:g} x SLO {_ms(c.slo_ms)}: cheapest {target.config} "
+            f"predicted {_ms(predicted[target.config])}"
+        )
 
-    def decision(config: Config, switch: bool, reason: str, new_state: ControllerState) -> tuple[Decision, ControllerState]:
+    def decision(
+        config: Config, switch: bool, reason: str, new_state: ControllerState
+    ) -> tuple[Decision, ControllerState]:
         p = predicted.get(config, by_config[config].profiled_ms * slowdown if config in by_config else math.nan)
-        return Decision(config, switch, reason + rules + notes, c.slo_ms, c.percentile, c.headroom, p, slowdown,
-                        bool(feasible), c.rules, {str(k): round(v, 3) for k, v in predicted.items()}), new_state
+        return Decision(
+            config,
+            switch,
+            reason + rules + notes,
+            c.slo_ms,
+            c.percentile,
+            c.headroom,
+            p,
+            slowdown,
+            bool(feasible),
+            c.rules,
+            {str(k): round(v, 3) for k, v in predicted.items()},
+        ), new_state
 
     base = replace(state, slowdown=slowdown)
     if current is None or current not in predicted:
         why = "start" if state.config is None else f"{state.config} is not allowed or not available now"
-        return decision(target.config, True, f"{why}: {why_target}", replace(base, config=target.config, last_switch_at=now, better_since=None))
+        return decision(
+            target.config,
+            True,
+            f"{why}: {why_target}",
+            replace(base, config=target.config, last_switch_at=now, better_since=None),
+        )
 
-    violated = observed.config == current and observed.percentile_ms is not None and observed.count >= MIN_SAMPLES \
+    violated = (
+        observed.config == current
+        and observed.percentile_ms is not None
+        and observed.count >= MIN_SAMPLES
         and observed.percentile_ms > c.slo_ms
+    )
     over = predicted[current] > bound
     if target.config != current and (violated or over) and predicted[target.config] < predicted[current]:
-        what = (f"p{c.percentile:g} {_ms(observed.percentile_ms or 0)} > SLO {_ms(c.slo_ms)}" if violated
-                else f"{current} predicted {_ms(predicted[current])} > {c.headroom:g} x SLO {_ms(c.slo_ms)}")
-        return decision(target.config, True, f"step down, {what} (slowdown {slowdown:.2f}x): {why_target}",
-                        replace(base, config=target.config, last_switch_at=now, better_since=None))
+        what = (
+            f"p{c.percentile:g} {_ms(observed.percentile_ms or 0)} > SLO {_ms(c.slo_ms)}"
+            if violated
+            else f"{current} predicted {_ms(predicted[current])} > {c.headroom:g} x SLO {_ms(c.slo_ms)}"
+        )
+        return decision(
+            target.config,
+            True,
+            f"step down, {what} (slowdown {slowdown:.2f}x): {why_target}",
+            replace(base, config=target.config, last_switch_at=now, better_since=None),
+        )
 
     cur = by_config[current]
     better = target.config != current and rank(target) > rank(cur) and predicted[target.config] <= bound
     if not better:
-        return decision(current, False, f"keep {current}: predicted {_ms(predicted[current])}, "
-                        f"slowdown {slowdown:.2f}x", replace(base, better_since=None))
+        return decision(
+            current,
+            False,
+            f"keep {current}: predicted {_ms(predicted[current])}, slowdown {slowdown:.2f}x",
+            replace(base, better_since=None),
+        )
     since = state.better_since if state.better_since is not None else now
     dwell = max(c.dwell_s, c.min_switch_interval_s)
     waited = now - max(since, state.last_switch_at)
     if waited >= dwell:
-        return decision(target.config, True, f"step up after {waited:.1f} s >= dwell {dwell:g} s: {why_target}",
-                        replace(base, config=target.config, last_switch_at=now, better_since=None))
-    return decision(current, False, f"keep {current}: {target.config} feasible for {waited:.1f} s of dwell {dwell:g} s",
-                    replace(base, better_since=since))
+        return decision(
+            target.config,
+            True,
+            f"step up after {waited:.1f} s >= dwell {dwell:g} s: {why_target}",
+            replace(base, config=target.config, last_switch_at=now, better_since=None),
+        )
+    return decision(
+        current,
+        False,
+        f"keep {current}: {target.config} feasible for {waited:.1f} s of dwell {dwell:g} s",
+        replace(base, better_since=since),
+    )
 
 
 def _allowed(config: Config, c: Constraints) -> bool:

@@ -15,17 +15,28 @@ from pathlib import Path
 
 
 @contextmanager
-def running_daemon(env: dict[str, str] | None = None, args: list[str] | None = None) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+def running_daemon(
+    env: dict[str, str] | None = None, args: list[str] | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
     with tempfile.TemporaryDirectory(prefix="edge-agent-bench-") as tmp:
         sock, notify_path = Path(tmp) / "edge-agent.sock", Path(tmp) / "notify.sock"
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(notify_path))
         notify.settimeout(120)
-        full_env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "STATE_DIRECTORY": f"{tmp}/state",
-                    "EDGE_AGENT_LOG_JSON": "true", **(env or {})}
+        full_env = {
+            **os.environ,
+            "NOTIFY_SOCKET": str(notify_path),
+            "STATE_DIRECTORY": f"{tmp}/state",
+            "EDGE_AGENT_LOG_JSON": "true",
+            **(env or {}),
+        }
         log = open(Path(tmp) / "daemon.log", "wb")  # noqa: SIM115 - closed below
-        proc = subprocess.Popen([sys.executable, "-m", "agent", "serve", "--socket", str(sock), *(args or [])],
-                                env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "serve", "--socket", str(sock), *(args or [])],
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             deadline = time.monotonic() + 120
             while b"READY=1" not in notify.recv(4096):

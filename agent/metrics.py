@@ -36,16 +36,25 @@ class Metrics:
         self.variant_failures = Gauge("edge_agent_variant_load_failures", "Variants that failed to load", registry=r)
         self.errors = Counter("edge_agent_errors_total", "Errors answered, by code", ["code"], registry=r)
         self.ready = Gauge("edge_agent_ready", "1 when serving, 0 while starting or draining", registry=r)
-        self.policy_reload_failures = Counter("policy_reload_failures_total", "Policy files refused (last good kept)", registry=r)
+        self.policy_reload_failures = Counter(
+            "policy_reload_failures_total", "Policy files refused (last good kept)", registry=r
+        )
         self.attainment = Gauge("slo_attainment", "Share of requests within the SLO over the policy window", registry=r)
         self.slo_ms = Gauge("slo_latency_ms", "The latency SLO in force, ms", registry=r)
-        self.slowdown = Gauge("controller_slowdown", "Observed / profiled latency of the configuration in force", registry=r)
+        self.slowdown = Gauge(
+            "controller_slowdown", "Observed / profiled latency of the configuration in force", registry=r
+        )
         self.telemetry = Gauge("edge_agent_telemetry", "Latest telemetry reading", ["field"], registry=r)
 
     def set_telemetry(self, snapshot: Snapshot) -> None:
-        values = {"cpu_percent": snapshot.cpu_percent, "load_avg_1m": snapshot.load_avg_1m,
-                  "temperature_c": snapshot.temperature_c, "battery_percent": snapshot.battery_percent,
-                  "on_ac": None if snapshot.on_ac is None else float(snapshot.on_ac), "memory_percent": snapshot.memory_percent}
+        values = {
+            "cpu_percent": snapshot.cpu_percent,
+            "load_avg_1m": snapshot.load_avg_1m,
+            "temperature_c": snapshot.temperature_c,
+            "battery_percent": snapshot.battery_percent,
+            "on_ac": None if snapshot.on_ac is None else float(snapshot.on_ac),
+            "memory_percent": snapshot.memory_percent,
+        }
         for name, value in values.items():
             if value is not None:
                 self.telemetry.labels(field=name).set(value)

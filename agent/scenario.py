@@ -132,7 +132,9 @@ def run_schedule(
         t0 = time.monotonic()
         try:
             a = client().classify(body, "image/png")
-            rec = Record(sent, (time.monotonic() - t0) * 1000, 200, f"{a['variant']}@{a['budget']:g}", a["label"] == label, phase)
+            rec = Record(
+                sent, (time.monotonic() - t0) * 1000, 200, f"{a['variant']}@{a['budget']:g}", a["label"] == label, phase
+            )
         except ClientError as exc:
             rec = Record(sent, float("inf"), exc.status, "refused", False, phase)
         except Exception:
@@ -192,12 +194,16 @@ def summarize(records: list[Record], slo_ms: float, phases: int) -> dict[str, An
         switches = count_switches(configs)
         p50, p95, p99 = (float(np.percentile(lat, q)) for q in (50, 95, 99))
         return {
-            "requests": len(rs), "answered": len(answered), "refused": sum(1 for r in rs if r.status != 200),
+            "requests": len(rs),
+            "answered": len(answered),
+            "refused": sum(1 for r in rs if r.status != 200),
             "attainment": float((lat <= slo_ms).mean()),
-            "p50_ms": round(p50, 2), "p95_ms": round(p95, 2) if np.isfinite(p95) else None,
+            "p50_ms": round(p50, 2),
+            "p95_ms": round(p95, 2) if np.isfinite(p95) else None,
             "p99_ms": round(p99, 2) if np.isfinite(p99) else None,
             "accuracy": (sum(r.correct for r in answered) / len(answered)) if answered else None,
-            "switches": switches, "configs": sorted(set(configs)),
+            "switches": switches,
+            "configs": sorted(set(configs)),
         }
 
     return {"overall": stats(records), "phases": [stats([r for r in records if r.phase == i]) for i in range(phases)]}
@@ -235,7 +241,9 @@ class Reaction:
         return head + "".join(f" (over again {a:g}-{b:g})" for a, b in self.later)
 
 
-def reaction_times(records: list[Record], slo_ms: float, phase_s: float, phases: int, window: int = 20) -> list[Reaction]:
+def reaction_times(
+    records: list[Record], slo_ms: float, phase_s: float, phases: int, window: int = 20
+) -> list[Reaction]:
     """Per phase step, the rolling p95 over the phase's last `window` requests (refusals as
     misses), evaluated at each request. Over fewer than 20 requests a p95 is close to the
     maximum, so a stretch over the SLO ends with its last late request, not with the request
@@ -273,4 +281,6 @@ def reaction_times(records: list[Record], slo_ms: float, phase_s: float, phases:
 
 
 def records_as_dicts(records: list[Record]) -> list[dict[str, Any]]:
-    return [{**asdict(r), "latency_ms": None if not np.isfinite(r.latency_ms) else round(r.latency_ms, 3)} for r in records]
+    return [
+        {**asdict(r), "latency_ms": None if not np.isfinite(r.latency_ms) else round(r.latency_ms, 3)} for r in records
+    ]

@@ -45,7 +45,9 @@ def device_slowdown(entry: TraceEntry, by_config: dict[Config, Option], percenti
     return float(value) / option.profiled_ms if option else None
 
 
-def simulate(policy: Policy, entries: list[TraceEntry], options: list[Option], local_tz: dt.tzinfo | None = None) -> list[Step]:
+def simulate(
+    policy: Policy, entries: list[TraceEntry], options: list[Option], local_tz: dt.tzinfo | None = None
+) -> list[Step]:
     """Run the controller over every trace entry, as the daemon would have."""
     if not entries or not options:
         return []

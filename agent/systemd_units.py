@@ -157,6 +157,9 @@ def render_config(fields: Mapping[str, Any], computed: Mapping[str, Any]) -> str
             if note:
                 lines.append(f"# {note}")
         value = _default(name, info, computed)
-        lines.append(f"#{name}: {_yaml_value(name, value)}" if value is not None or info.default is None
-                     else f"# ({name}: computed at start)")
+        lines.append(
+            f"#{name}: {_yaml_value(name, value)}"
+            if value is not None or info.default is None
+            else f"# ({name}: computed at start)"
+        )
     return "\n".join(lines) + "\n"

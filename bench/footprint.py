@@ -1,6 +1,6 @@
 """Daemon memory with every variant loaded, and its CPU use while idle.
 
-    python -m bench.footprint [--idle-seconds 60]
+python -m bench.footprint [--idle-seconds 60]
 """
 
 from __future__ import annotations
@@ -29,12 +29,36 @@ def main() -> None:
         time.sleep(args.idle_seconds)
         t1, c1 = time.monotonic(), p.cpu_times()
         cpu_pct = 100 * ((c1.user - c0.user) + (c1.system - c0.system)) / (t1 - t0)
-        result = {**header(), "variants": variants, "rss_mb": round(mem.rss / 2**20, 1), "uss_mb": round(mem.uss / 2**20, 1),
-                  "pss_mb": round(mem.pss / 2**20, 1), "threads": p.num_threads(), "idle_seconds": args.idle_seconds,
-                  "idle_cpu_percent_of_one_core": round(cpu_pct, 3)}
-    md = (f"# Footprint\n\n{result['machine']}, {result['date']}\n\n"
-          + md_table(["variants loaded", "RSS MB", "USS MB", "PSS MB", "threads", f"idle CPU over {args.idle_seconds:g} s (% of a core)"],
-                     [[", ".join(variants), result["rss_mb"], result["uss_mb"], result["pss_mb"], result["threads"], result["idle_cpu_percent_of_one_core"]]]))
+        result = {
+            **header(),
+            "variants": variants,
+            "rss_mb": round(mem.rss / 2**20, 1),
+            "uss_mb": round(mem.uss / 2**20, 1),
+            "pss_mb": round(mem.pss / 2**20, 1),
+            "threads": p.num_threads(),
+            "idle_seconds": args.idle_seconds,
+            "idle_cpu_percent_of_one_core": round(cpu_pct, 3),
+        }
+    md = f"# Footprint\n\n{result['machine']}, {result['date']}\n\n" + md_table(
+        [
+            "variants loaded",
+            "RSS MB",
+            "USS MB",
+            "PSS MB",
+            "threads",
+            f"idle CPU over {args.idle_seconds:g} s (% of a core)",
+        ],
+        [
+            [
+                ", ".join(variants),
+                result["rss_mb"],
+                result["uss_mb"],
+                result["pss_mb"],
+                result["threads"],
+                result["idle_cpu_percent_of_one_core"],
+            ]
+        ],
+    )
     write_results("footprint", result, md)
     print(md)
 

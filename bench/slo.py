@@ -39,26 +39,42 @@ def static_configs() -> list[str]:
     return [*configs, cheapest] if cheapest not in configs else configs
 
 
-def one_run(name: str, pin: str | None, policy: Path, args: argparse.Namespace, images: list[tuple[bytes, str]]) -> dict[str, Any]:
+def one_run(
+    name: str, pin: str | None, policy: Path, args: argparse.Namespace, images: list[tuple[bytes, str]]
+) -> dict[str, Any]:
     schedule = default_schedule()
     with tempfile.TemporaryDirectory(prefix="edge-agent-slo-") as tmp:
         override = Path(tmp) / "telemetry.json"
         override.write_text("{}")
-        env = {"EDGE_AGENT_TELEMETRY_SOURCE": "file", "EDGE_AGENT_TELEMETRY_FILE": str(override),
-               "EDGE_AGENT_TELEMETRY_INTERVAL_S": "0.25", "EDGE_AGENT_CONTROLLER_INTERVAL_S": "0.25"}
+        env = {
+            "EDGE_AGENT_TELEMETRY_SOURCE": "file",
+            "EDGE_AGENT_TELEMETRY_FILE": str(override),
+            "EDGE_AGENT_TELEMETRY_INTERVAL_S": "0.25",
+            "EDGE_AGENT_CONTROLLER_INTERVAL_S": "0.25",
+        }
         with running_daemon(env=env, args=["--policy", str(policy)]) as (_, sock), Client(sock) as client:
             if pin:
                 client.pin(pin, 86400, "bench static run")
             time.sleep(1.0)
-            records = run_schedule(sock, override, schedule, args.phase_s, args.rate, images, seed=args.seed, warmup_s=3.0)
+            records = run_schedule(
+                sock, override, schedule, args.phase_s, args.rate, images, seed=args.seed, warmup_s=3.0
+            )
             decisions = client.status()["decisions"]
     slo = load_policy(policy).slo.latency_ms
-    result = {"name": name, "pin": pin, **summarize(records, slo, len(schedule)),
-              **reactions(records, slo, args.phase_s, len(schedule)),
-              "decisions": decisions, "records": records_as_dicts(records)}
+    result = {
+        "name": name,
+        "pin": pin,
+        **summarize(records, slo, len(schedule)),
+        **reactions(records, slo, args.phase_s, len(schedule)),
+        "decisions": decisions,
+        "records": records_as_dicts(records),
+    }
     o = result["overall"]
-    print(f"{name:>14}: attainment {o['attainment']:.1%}, p95 {o['p95_ms']} ms, accuracy {o['accuracy']:.1%}, "
-          f"refused {o['refused']}, switches {o['switches']}", flush=True)
+    print(
+        f"{name:>14}: attainment {o['attainment']:.1%}, p95 {o['p95_ms']} ms, accuracy {o['accuracy']:.1%}, "
+        f"refused {o['refused']}, switches {o['switches']}",
+        flush=True,
+    )
     return result
 
 
@@ -85,7 +101,12 @@ def oracle(runs: list[dict[str, Any]], policy: Path, phases: list[Any], slo_ms: 
             ph = run["phases"][i]
             met = ph.get("p95_ms") is not None and ph["p95_ms"] <= slo_ms and ph["accuracy"] is not None
             if met and (best is None or ph["accuracy"] > best["accuracy"]):
-                best = {"config": run["pin"], "accuracy": ph["accuracy"], "attainment": ph["attainment"], "requests": ph["requests"]}
+                best = {
+                    "config": run["pin"],
+                    "accuracy": ph["accuracy"],
+                    "attainment": ph["attainment"],
+                    "requests": ph["requests"],
+                }
         out.append(best or {"config": None, "accuracy": None, "attainment": None, "requests": 0})
     return out
 
@@ -111,33 +132,83 @@ def main() -> None:
     orc = oracle(runs, args.policy, phases, slo)
     total = sum(o["requests"] for o in orc if o["accuracy"] is not None)
     oracle_acc = sum(o["accuracy"] * o["requests"] for o in orc if o["accuracy"] is not None) / total if total else None
-    payload = {**header(), "phase_s": args.phase_s, "rate": args.rate, "policy": str(args.policy), "slo_ms": slo,
-               "phases": [p.name for p in phases], "duration_s": round(time.monotonic() - started, 1),
-               "runs": [{k: v for k, v in r.items() if k != "records"} for r in runs] + [agent],
-               "oracle": {"phases": orc, "accuracy": oracle_acc}}
-    rows = [[r["name"], f"{r['overall']['attainment']:.1%}", r["overall"]["p50_ms"], r["overall"]["p95_ms"], r["overall"]["p99_ms"],
-             f"{r['overall']['accuracy']:.1%}", r["overall"]["refused"], r["overall"]["switches"]] for r in [*runs, agent]]
+    payload = {
+        **header(),
+        "phase_s": args.phase_s,
+        "rate": args.rate,
+        "policy": str(args.policy),
+        "slo_ms": slo,
+        "phases": [p.name for p in phases],
+        "duration_s": round(time.monotonic() - started, 1),
+        "runs": [{k: v for k, v in r.items() if k != "records"} for r in runs] + [agent],
+        "oracle": {"phases": orc, "accuracy": oracle_acc},
+    }
+    rows = [
+        [
+            r["name"],
+            f"{r['overall']['attainment']:.1%}",
+            r["overall"]["p50_ms"],
+            r["overall"]["p95_ms"],
+            r["overall"]["p99_ms"],
+            f"{r['overall']['accuracy']:.1%}",
+            r["overall"]["refused"],
+            r["overall"]["switches"],
+        ]
+        for r in [*runs, agent]
+    ]
     rows.append(["oracle (per phase)", "-", "-", "-", "-", f"{oracle_acc:.1%}" if oracle_acc else "-", "-", "-"])
     phase_rows = []
     for i, p in enumerate(phases):
         a = agent["phases"][i]
         full: dict[str, Any] = next((r["phases"][i] for r in runs if r["pin"] == "full@1"), {})
-        phase_rows.append([p.name, f"{a['attainment']:.1%}", a["p95_ms"], f"{a['accuracy']:.1%}" if a["accuracy"] is not None else "-",
-                           ", ".join(a["configs"]), reaction_cell(agent, i), a["switches"],
-                           f"{full.get('attainment', 0):.1%}", orc[i]["config"] or "-",
-                           f"{orc[i]['accuracy']:.1%}" if orc[i]["accuracy"] is not None else "-"])
-    md = (f"# SLO under contention\n\n{payload['machine']}, {payload['date']}; {args.phase_s:g} s phases, "
-          f"{args.rate:g} req/s Poisson, PNG bodies, policy `{Path(args.policy).name}` (p{pct:g} <= {slo:g} ms).\n\n"
-          + md_table(["run", "attainment", "p50 ms", "p95 ms", "p99 ms", "accuracy", "refused", "switches"], rows)
-          + "\n## edge-agent per phase\n\n"
-          + md_table(["phase", "attainment", "p95 ms", "accuracy", "configs", "reaction s", "switches", "static full@1 attainment",
-                      "oracle", "oracle accuracy"], phase_rows))
+        phase_rows.append(
+            [
+                p.name,
+                f"{a['attainment']:.1%}",
+                a["p95_ms"],
+                f"{a['accuracy']:.1%}" if a["accuracy"] is not None else "-",
+                ", ".join(a["configs"]),
+                reaction_cell(agent, i),
+                a["switches"],
+                f"{full.get('attainment', 0):.1%}",
+                orc[i]["config"] or "-",
+                f"{orc[i]['accuracy']:.1%}" if orc[i]["accuracy"] is not None else "-",
+            ]
+        )
+    md = (
+        f"# SLO under contention\n\n{payload['machine']}, {payload['date']}; {args.phase_s:g} s phases, "
+        f"{args.rate:g} req/s Poisson, PNG bodies, policy `{Path(args.policy).name}` (p{pct:g} <= {slo:g} ms).\n\n"
+        + md_table(["run", "attainment", "p50 ms", "p95 ms", "p99 ms", "accuracy", "refused", "switches"], rows)
+        + "\n## edge-agent per phase\n\n"
+        + md_table(
+            [
+                "phase",
+                "attainment",
+                "p95 ms",
+                "accuracy",
+                "configs",
+                "reaction s",
+                "switches",
+                "static full@1 attainment",
+                "oracle",
+                "oracle accuracy",
+            ],
+            phase_rows,
+        )
+    )
     write_results("slo", payload, md)
     plot(agent, [*runs, agent], phases, args.phase_s, slo, oracle_acc)
     print(md)
 
 
-def plot(agent: dict[str, Any], runs: list[dict[str, Any]], phases: list[Any], phase_s: float, slo: float, oracle_acc: float | None) -> None:
+def plot(
+    agent: dict[str, Any],
+    runs: list[dict[str, Any]],
+    phases: list[Any],
+    phase_s: float,
+    slo: float,
+    oracle_acc: float | None,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -166,10 +237,18 @@ def plot(agent: dict[str, Any], runs: list[dict[str, Any]], phases: list[Any], p
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     names = [r["name"] for r in runs]
-    axes[0].barh(names, [100 * r["overall"]["attainment"] for r in runs], color=["C3" if r["pin"] is None else "C0" for r in runs])
+    axes[0].barh(
+        names,
+        [100 * r["overall"]["attainment"] for r in runs],
+        color=["C3" if r["pin"] is None else "C0" for r in runs],
+    )
     axes[0].set_xlabel("SLO attainment %")
     axes[0].axvline(99, color="k", ls=":", lw=1)
-    axes[1].barh(names, [100 * (r["overall"]["accuracy"] or 0) for r in runs], color=["C3" if r["pin"] is None else "C0" for r in runs])
+    axes[1].barh(
+        names,
+        [100 * (r["overall"]["accuracy"] or 0) for r in runs],
+        color=["C3" if r["pin"] is None else "C0" for r in runs],
+    )
     if oracle_acc:
         axes[1].axvline(100 * oracle_acc, color="k", ls="--", lw=1, label="oracle")
         axes[1].legend(fontsize=8)

@@ -251,7 +251,11 @@ def build(cfg: BuildConfig, out: Path, log: Log, step: Step) -> Manifest:
         for cand in CANDIDATES:
             (out / f"{name}.{cand}.onnx").unlink(missing_ok=True)
         models[name] = model
-        how = "dynamic activation scales" if chosen[0].startswith("dynamic") else f"MinMax-calibrated on {len(calib)} training images"
+        how = (
+            "dynamic activation scales"
+            if chosen[0].startswith("dynamic")
+            else f"MinMax-calibrated on {len(calib)} training images"
+        )
         descriptions[name] = (
             f"int8 weights ({chosen[0]}, {how}; attention matmuls and ranking kept fp32) of {base}; "
             f"{chosen[2]:.2f}x fp32 latency at selection; tried: "

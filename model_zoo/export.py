@@ -106,8 +106,13 @@ def quantize(
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         exclude = ranking_nodes(pre, prune_block) + activation_matmuls(pre)
         if kind == "dynamic":
-            quantize_dynamic(str(pre), str(out), weight_type=weight, op_types_to_quantize=["MatMul", "Gemm"],
-                             nodes_to_exclude=exclude)
+            quantize_dynamic(
+                str(pre),
+                str(out),
+                weight_type=weight,
+                op_types_to_quantize=["MatMul", "Gemm"],
+                nodes_to_exclude=exclude,
+            )
             return
         quantize_static(
             str(pre),

@@ -72,8 +72,12 @@ def test_never_chooses_a_config_predicted_over_the_bound_when_one_is_feasible() 
         d, _ = step(state, observed, 10.0)
         if d.feasible:
             assert d.predicted_ms <= d.headroom * d.slo_ms
-            assert all(v > d.headroom * d.slo_ms for k, v in d.predictions.items()
-                       if next(o for o in OPTIONS if str(o.config) == k).accuracy > next(o for o in OPTIONS if o.config == d.config).accuracy)
+            assert all(
+                v > d.headroom * d.slo_ms
+                for k, v in d.predictions.items()
+                if next(o for o in OPTIONS if str(o.config) == k).accuracy
+                > next(o for o in OPTIONS if o.config == d.config).accuracy
+            )
 
 
 def test_chooses_the_cheapest_with_a_reason_when_nothing_is_feasible() -> None:

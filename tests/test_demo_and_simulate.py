@@ -18,15 +18,25 @@ TRACES = sorted((REPO / "policies" / "traces").glob("*.jsonl"))
 
 
 def _daemons() -> set[int]:
-    return {p.pid for p in psutil.process_iter(["cmdline"]) if "serve" in (p.info["cmdline"] or []) and "agent" in " ".join(p.info["cmdline"] or [])}
+    return {
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if "serve" in (p.info["cmdline"] or []) and "agent" in " ".join(p.info["cmdline"] or [])
+    }
 
 
 def test_demo_quick_mode_finishes_and_leaves_nothing_behind(tmp_path: Path) -> None:
     before = _daemons()
     tmp_before = set(Path("/tmp").glob("edge-agent-demo-*"))
     out = tmp_path / "timeline.png"
-    result = subprocess.run([sys.executable, "-m", "agent", "demo", "--phase-s", "2", "--rate", "15", "--out", str(out)],
-                            capture_output=True, text=True, timeout=180, cwd=tmp_path, env={**os.environ, "COLUMNS": "160"})
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "demo", "--phase-s", "2", "--rate", "15", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "160"},
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "summary" in result.stdout and "attainment" in result.stdout and str(out) in result.stdout.replace("\n", "")
     assert out.stat().st_size > 10_000
@@ -58,9 +68,25 @@ def test_simulate_replays_the_trace_through_the_controller() -> None:
 
 def test_policy_simulate_cli_prints_decisions_and_writes_the_plot(tmp_path: Path) -> None:
     out = tmp_path / "sim.png"
-    result = subprocess.run([sys.executable, "-m", "agent", "policy", "simulate", str(REPO / "policies" / "default.yaml"),
-                             "--trace", str(TRACES[0]), "--plot", str(out)],
-                            capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, "COLUMNS": "200"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "policy",
+            "simulate",
+            str(REPO / "policies" / "default.yaml"),
+            "--trace",
+            str(TRACES[0]),
+            "--plot",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "predicted SLO attainment" in result.stdout and "switches" in result.stdout
     assert out.stat().st_size > 10_000

@@ -14,7 +14,9 @@ README = (REPO / "README.md").read_text()
 
 def test_readme_curl_example_classifies_against_the_daemon_started_as_the_readme_says(tmp_path: Path) -> None:
     [curl] = re.findall(r"^curl -s --unix-socket run/edge-agent.sock .*/v1/classify$", README, flags=re.M)
-    [serve] = re.findall(r"^python3 -m venv \.venv && \.venv/bin/pip install -e \. && \.venv/bin/edge-agent serve$", README, flags=re.M)
+    [serve] = re.findall(
+        r"^python3 -m venv \.venv && \.venv/bin/pip install -e \. && \.venv/bin/edge-agent serve$", README, flags=re.M
+    )
     assert serve.endswith("edge-agent serve")  # no flags: the default socket ./run/edge-agent.sock in the checkout
     socket = REPO / "run" / "edge-agent.sock"
     env = {**os.environ, "STATE_DIRECTORY": str(tmp_path / "state")}
@@ -24,8 +26,13 @@ def test_readme_curl_example_classifies_against_the_daemon_started_as_the_readme
     listener = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_DGRAM)
     listener.bind(str(notify))
     listener.settimeout(120)
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "serve"], cwd=REPO, env={**env, "NOTIFY_SOCKET": str(notify)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "serve"],
+        cwd=REPO,
+        env={**env, "NOTIFY_SOCKET": str(notify)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         while b"READY=1" not in listener.recv(4096):
             pass

@@ -91,8 +91,12 @@ def entry() -> Path:
 
 def run_cli(entry: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(entry), *args], capture_output=True, text=True, timeout=120,
-        env={**os.environ, "COLUMNS": "200", "ORT_DISABLE_TELEMETRY": "1"}, cwd=REPO,
+        [str(entry), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200", "ORT_DISABLE_TELEMETRY": "1"},
+        cwd=REPO,
     )
 
 
@@ -118,7 +122,9 @@ def socket_text(prefix: Path) -> str:
 # -- the installer ----------------------------------------------------------------------------------
 
 
-def test_install_writes_units_whose_exec_start_is_this_venvs_entry_point(prefix: Path, entry: Path, service_text: str) -> None:
+def test_install_writes_units_whose_exec_start_is_this_venvs_entry_point(
+    prefix: Path, entry: Path, service_text: str
+) -> None:
     for name in (SERVICE, SOCKET, SYSUSERS):
         assert (prefix / unit_file(name).target).is_file(), name
     assert (prefix / CONFIG_FILE).is_file()
@@ -152,7 +158,9 @@ def test_render_prints_the_installed_service(prefix: Path, entry: Path, service_
     assert result.stdout == service_text
 
 
-def test_default_config_runs_on_defaults_and_each_line_uncomments_to_a_valid_setting(prefix: Path, tmp_path: Path) -> None:
+def test_default_config_runs_on_defaults_and_each_line_uncomments_to_a_valid_setting(
+    prefix: Path, tmp_path: Path
+) -> None:
     from agent.config import Settings, load_settings
 
     config = prefix / CONFIG_FILE
@@ -188,7 +196,10 @@ def test_socket_unit_listens_where_the_service_would_bind(service_text: str, soc
     assert Path("/run") / one(service_text, "RuntimeDirectory") / SOCKET_NAME == UNIT_SOCKET_PATH
     assert one(socket_text, "Service") == SERVICE
     assert (one(socket_text, "SocketMode"), one(socket_text, "SocketUser"), one(socket_text, "SocketGroup")) == (
-        "0660", "edge-agent", "edge-agent")
+        "0660",
+        "edge-agent",
+        "edge-agent",
+    )
     # Stopping the service must not delete the directory that holds the socket unit's socket.
     assert one(service_text, "RuntimeDirectoryPreserve") == "yes"
 
@@ -214,8 +225,12 @@ def test_sysusers_file_creates_the_edge_agent_user_and_group(prefix: Path, tmp_p
     shutil.copy(prefix / unit_file(SYSUSERS).target, conf)
     result = subprocess.run(["systemd-sysusers", f"--root={tmp_path}"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    user = next(line.split(":") for line in (tmp_path / "etc/passwd").read_text().splitlines() if line.startswith("edge-agent:"))
-    group = next(line.split(":") for line in (tmp_path / "etc/group").read_text().splitlines() if line.startswith("edge-agent:"))
+    user = next(
+        line.split(":") for line in (tmp_path / "etc/passwd").read_text().splitlines() if line.startswith("edge-agent:")
+    )
+    group = next(
+        line.split(":") for line in (tmp_path / "etc/group").read_text().splitlines() if line.startswith("edge-agent:")
+    )
     assert user[3] == group[2], "the user's primary group is group edge-agent"
     assert user[5] == "/var/lib/edge-agent" and user[6].endswith("nologin")
 
@@ -230,10 +245,15 @@ def verify_problems(unit_dir: Path) -> tuple[int, list[str]]:
     assert ANALYZE is not None
     result = subprocess.run(
         [ANALYZE, "verify", "--man=no", *(str(unit_dir / name) for name in UNITS)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    ours = [line for line in (result.stdout + result.stderr).splitlines()
-            if str(unit_dir) in line or any(name in line for name in UNITS)]
+    ours = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if str(unit_dir) in line or any(name in line for name in UNITS)
+    ]
     return result.returncode, ours
 
 
@@ -256,7 +276,9 @@ def test_service_exposure_is_at_most_1(prefix: Path) -> None:
     assert ANALYZE is not None
     result = subprocess.run(
         [ANALYZE, "security", "--offline=true", str(prefix / unit_file(SERVICE).target)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", result.stdout)
     assert match, result.stdout + result.stderr
@@ -280,7 +302,12 @@ FAMILIES = {"AF_UNIX": socket.AF_UNIX, "AF_INET": socket.AF_INET, "AF_INET6": so
 
 
 class _ArgCmp(ctypes.Structure):
-    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64), ("datum_b", ctypes.c_uint64)]
+    _fields_ = [
+        ("arg", ctypes.c_uint),
+        ("op", ctypes.c_int),
+        ("datum_a", ctypes.c_uint64),
+        ("datum_b", ctypes.c_uint64),
+    ]
 
 
 def syscall_groups() -> dict[str, list[str]]:
@@ -336,7 +363,13 @@ def _load_seccomp(spec: SandboxSpec) -> None:
     lib.seccomp_init.restype = ctypes.c_void_p
     lib.seccomp_init.argtypes = [ctypes.c_uint32]
     lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
-    lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint, ctypes.POINTER(_ArgCmp)]
+    lib.seccomp_rule_add_array.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_uint32,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.POINTER(_ArgCmp),
+    ]
     lib.seccomp_load.argtypes = [ctypes.c_void_p]
     ctx = lib.seccomp_init(0x00050000 | spec["errno"])  # SCMP_ACT_ERRNO(errno)
 
@@ -417,18 +450,28 @@ def tiny_zoo(tmp_path: Path) -> Path:
 
     weights = helper.make_tensor("w", TensorProto.FLOAT, [3, 2], [1.0, -1.0, 0.5, -0.5, 0.25, -0.25])
     graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["image"], ["pooled"], axes=[2, 3], keepdims=0),
-         helper.make_node("MatMul", ["pooled", "w"], ["logits"])],
-        "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])], [weights],
+        [
+            helper.make_node("ReduceMean", ["image"], ["pooled"], axes=[2, 3], keepdims=0),
+            helper.make_node("MatMul", ["pooled", "w"], ["logits"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+        [weights],
     )
     zoo = tmp_path / "zoo"
     zoo.mkdir()
     model = zoo / "tiny.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
     variant = {
-        "name": "tiny", "file": "tiny.onnx", "sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
-        "resolution": 8, "tokens": 0, "token_input": None, "parameters": 6, "size_bytes": model.stat().st_size,
+        "name": "tiny",
+        "file": "tiny.onnx",
+        "sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
+        "resolution": 8,
+        "tokens": 0,
+        "token_input": None,
+        "parameters": 6,
+        "size_bytes": model.stat().st_size,
         "inputs": [{"name": "image", "dtype": "tensor(float)", "shape": ["N", 3, 8, 8]}],
         "outputs": [{"name": "logits", "dtype": "tensor(float)", "shape": ["N", 2]}],
     }
@@ -453,7 +496,9 @@ class Notifications:
                 message = self.sock.recv(4096).decode().splitlines()
             except TimeoutError:
                 if proc.poll() is not None:
-                    pytest.fail(f"daemon exited {proc.returncode} before {line}: {self.seen}\n{log.read_text()[-3000:]}")
+                    pytest.fail(
+                        f"daemon exited {proc.returncode} before {line}: {self.seen}\n{log.read_text()[-3000:]}"
+                    )
                 continue
             self.seen.extend(message)
             if line in message:
@@ -486,9 +531,17 @@ def test_daemon_serves_under_the_units_seccomp_sandbox(
     exec_start = shlex.split(one(service_text, "ExecStart").replace("%E", str(prefix / "etc")))
     unit_env = dict(v.split("=", 1) for v in directives(service_text).get("Environment", []))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_", "WATCHDOG_", "EDGE_AGENT_"))}
-    env.update(unit_env, RUNTIME_DIRECTORY=str(runtime), STATE_DIRECTORY=str(tmp_path / "state"),
-               NOTIFY_SOCKET=str(short_dir / "notify"), WATCHDOG_USEC="1000000", EDGE_AGENT_ZOO=str(tiny_zoo),
-               EDGE_AGENT_WARMUP_RUNS="1", EDGE_AGENT_WORKERS="1", EDGE_AGENT_ORT_THREADS="1")
+    env.update(
+        unit_env,
+        RUNTIME_DIRECTORY=str(runtime),
+        STATE_DIRECTORY=str(tmp_path / "state"),
+        NOTIFY_SOCKET=str(short_dir / "notify"),
+        WATCHDOG_USEC="1000000",
+        EDGE_AGENT_ZOO=str(tiny_zoo),
+        EDGE_AGENT_WARMUP_RUNS="1",
+        EDGE_AGENT_WORKERS="1",
+        EDGE_AGENT_ORT_THREADS="1",
+    )
     pass_fds: tuple[int, ...] = ()
     listener = None
     if activation == "socket":  # what edge-agent.socket does: systemd binds, the daemon inherits fd 3
@@ -499,8 +552,14 @@ def test_daemon_serves_under_the_units_seccomp_sandbox(
         pass_fds = (listener.fileno(),)
     child = "import sys; from tests.test_systemd import sandbox_exec; sandbox_exec(sys.argv[1:])"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", child, str(spec), "--", *exec_start],
-                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, pass_fds=pass_fds)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", child, str(spec), "--", *exec_start],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            pass_fds=pass_fds,
+        )
     try:
         notify.expect("READY=1", proc, log)
         with Client(sock_path) as client:
