@@ -40,6 +40,7 @@ class Answer:
     retry_after: bool
     error: str | None = None
     service_ms: float | None = None  # the daemon's own queue + compute time (what the SLO counts)
+    queued: bool = False  # a 503 given after waiting in the queue, not at admission
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Shot:
     phase: str
     error: str | None = None
     service_ms: float | None = None  # the daemon's queue + compute time, for answered requests
+    queued: bool = False  # a 503 given after waiting in the queue, not at admission
 
 
 def encode_post(path: str, body: bytes, content_type: str) -> bytes:
@@ -177,12 +179,14 @@ async def _read_answer(reader: asyncio.StreamReader) -> tuple[Answer, bool]:
             raise asyncio.IncompleteReadError(b"", None)
         parser.feed_data(chunk)
     status = parser.get_status_code()
-    service_ms = None
+    service_ms, queued = None, False
     if status == 200:
         answer = orjson.loads(b"".join(callbacks.body))
         if "queue_ms" in answer:
             service_ms = answer["queue_ms"] + answer["compute_ms"]
-    return Answer(status, callbacks.retry_after, service_ms=service_ms), parser.should_keep_alive()
+    elif status == 503:
+        queued = b"while queued" in b"".join(callbacks.body)  # the runner's words for a late refusal
+    return Answer(status, callbacks.retry_after, service_ms=service_ms, queued=queued), parser.should_keep_alive()
 
 
 async def closed_loop(http: UnixHttp, requests: Sequence[bytes], clients: int, seconds: float) -> float:
@@ -244,6 +248,7 @@ async def open_loop(
                 phase,
                 answer.error,
                 answer.service_ms,
+                answer.queued,
             )
         )
 
