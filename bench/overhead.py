@@ -4,8 +4,11 @@ Latency: a socket round trip (`.npy` body and PNG body) against the same `full@1
 in this process, interleaved call by call, with two clients: agent.client (httpx) and a lean
 client (the standard library's http.client, close to what a compiled camera application pays).
 The answer's own queue + compute time also splits each round trip into the daemon's model
-time and everything else. Throughput: 1, 2 and 4 concurrent socket clients against in-process
-worker threads. Writes bench/results/overhead.{json,md}.
+time and everything else. A floor stands beside the daemon: bench/floor_server.py, the thinnest
+Python server around the same model call (uvloop + httptools, no framework), measured with the
+same lean client, shows what any Python server pays here and so what the daemon's stack adds.
+Throughput: 1, 2 and 4 concurrent socket clients against in-process worker threads.
+Writes bench/results/overhead.{json,md}.
 
     python -m bench.overhead [--calls 400] [--seconds 10]
 """
@@ -14,9 +17,14 @@ from __future__ import annotations
 
 import argparse
 import io
+import subprocess
+import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,6 +60,28 @@ def run_for(seconds: float, workers: int, call: Callable[[int], object]) -> floa
     return sum(counts) / seconds
 
 
+FLOOR = "http.client, minimal server"
+
+
+@contextmanager
+def floor_server() -> Iterator[Path]:
+    """bench/floor_server.py on a temp socket, until the block ends."""
+    with tempfile.TemporaryDirectory(prefix="edge-agent-floor-") as tmp:
+        sock = Path(tmp) / "floor.sock"
+        proc = subprocess.Popen([sys.executable, "-m", "bench.floor_server", str(sock)], stdout=subprocess.PIPE)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:  # log lines, then "listening"
+                if line.strip() == b"listening":
+                    break
+            else:
+                raise RuntimeError("bench.floor_server exited before listening")
+            yield sock
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=400)
@@ -73,15 +103,18 @@ def main() -> None:
     }
     results: dict[str, object] = {**header(), "workers": settings.workers, "ort_threads": settings.ort_threads}
     rows = []
-    with running_daemon() as (_, sock), Client(sock) as client:
+    with running_daemon() as (_, sock), Client(sock) as client, floor_server() as floor_sock:
         client.pin("full@1", 3600, "overhead bench: the same configuration as in process")
-        lean = LeanClient(sock)
+        lean, floor = LeanClient(sock), LeanClient(floor_sock)
         socket_clients: dict[str, Callable[[bytes, str], dict[str, Any]]] = {
             "httpx": client.classify,
             "http.client": lean.classify,
+            FLOOR: floor.classify,
         }
         for kind, (body, ctype) in bodies.items():
             for name, classify in socket_clients.items():
+                if name == FLOOR and kind != "npy":
+                    continue
                 for _ in range(20):
                     classify(body, ctype)
                     local[kind]()
@@ -102,7 +135,7 @@ def main() -> None:
                     "socket_p50_ms": round(float(np.median(b)), 3),
                     "overhead_p50_ms": round(float(np.median(b) - np.median(a)), 3),
                     "overhead_p95_ms": round(float(np.percentile(b, 95) - np.percentile(a, 95)), 3),
-                    "outside_model_p50_ms": round(float(np.median(b - m)), 3),
+                    "outside_model_p50_ms": None if name == FLOOR else round(float(np.median(b - m)), 3),
                 }
                 rows.append(row)
                 print(row)
@@ -113,7 +146,7 @@ def main() -> None:
             if name == "httpx":
                 pool: list[Any] = [Client(sock) for _ in range(4)]
             else:
-                pool = [LeanClient(sock) for _ in range(4)]
+                pool = [LeanClient(floor_sock if name == FLOOR else sock) for _ in range(4)]
 
             def call(k: int, pool: list[Any] = pool) -> object:
                 return pool[k].classify(body, ctype)
@@ -125,10 +158,11 @@ def main() -> None:
             for c in pool:
                 c.close()
         lean.close()
+        floor.close()
     for n in (1, 2):
         tput[f"in_process_{n}_workers"] = round(run_for(args.seconds, n, lambda k: full.run(x, 1.0)), 1)
         print(n, "in-process workers", tput[f"in_process_{n}_workers"], "calls/s")
-    for name in ("httpx", "http.client"):
+    for name in socket_clients:
         ratio = tput[f"socket_{name}_2_clients"] / tput["in_process_2_workers"]
         tput[f"ratio_{name}_2_clients_vs_2_workers"] = round(ratio, 3)
     results["throughput"] = tput
@@ -159,7 +193,8 @@ def main() -> None:
             ],
         )
         + "\n`outside model`: round trip minus the answer's own queue + compute time (HTTP, decode, thread hand-offs, "
-        "client).\n"
+        "client). `minimal server`: bench/floor_server.py, the same model call behind uvloop + httptools and nothing "
+        "else (it reports no model time of its own).\n"
         + "\n## Throughput (requests/s, `.npy` body)\n\n"
         + md_table(["setup", "req/s"], [[k, v] for k, v in tput.items()])
     )
