@@ -299,6 +299,7 @@ class Daemon:
             access_log=False,
             timeout_graceful_shutdown=max(1, round(s.drain_timeout_s)),
             server_header=False,
+            proxy_headers=False,  # a Unix socket has no proxy in front and no client address to rewrite
         )
 
     def run(self) -> int:
