@@ -119,11 +119,14 @@ class LatencyWindow:
 @dataclass
 class ServiceEstimate:
     """How long one configuration computes, from its recent requests. Admission plans with a
-    high quantile rather than the mean: under contention compute times spread, and a request
-    admitted on the mean finishes late about half the time it is admitted near its deadline.
+    high quantile (`ms`) rather than the mean: under contention compute times spread, and a
+    request admitted on the mean near its deadline ends late about half the time. A request
+    that already waited is refused at its start only when it would more likely than not end
+    late (`typical`, the median): refusing it costs its client the whole wait for nothing.
     Samples older than ESTIMATE_PROBE_S are dropped at the next one: they describe another load."""
 
     ms: float = 10.0
+    typical: float = 10.0
     at: float = 0.0  # monotonic time of the last sample
     samples: deque[float] = field(default_factory=lambda: deque(maxlen=SERVICE_SAMPLES))
 
@@ -134,6 +137,7 @@ class ServiceEstimate:
         self.at = now
         ordered = sorted(self.samples)
         self.ms = ordered[min(len(ordered) - 1, int(SERVICE_QUANTILE * len(ordered)))]
+        self.typical = ordered[len(ordered) // 2]
 
 
 @dataclass(frozen=True)
@@ -354,7 +358,8 @@ class Runner:
         self._refuse_out_of_service(config.variant)
         variant = self.zoo.variants[config.variant]
         service_s = self.expected_service_ms(config) / 1000
-        if deadline_at is not None and started + service_s > deadline_at:
+        typical_s = self.service[config].typical / 1000 if config in self.service else service_s
+        if deadline_at is not None and started + typical_s > deadline_at:
             self.window.add(time.monotonic(), math.inf, config)
             raise Overloaded("deadline passed while queued", retry_after_s=service_s)
         worker = threading.get_ident()
@@ -391,7 +396,8 @@ class Runner:
                     start = time.perf_counter()
                     variant.run(x, budget)
                     times.append((time.perf_counter() - start) * 1000)
-                self.service[Config(variant.name, budget)] = ServiceEstimate(float(np.median(times)))
+                median = float(np.median(times))
+                self.service[Config(variant.name, budget)] = ServiceEstimate(median, median)
 
     def close(self, wait: bool = True) -> None:
         self._executor.shutdown(wait=wait, cancel_futures=not wait)
