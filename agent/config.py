@@ -52,7 +52,7 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="Answer 408 and close if a request body takes longer, from its headers"
     )
     loop_priority: int = Field(
-        default=0,
+        default=5,
         ge=0,
         le=20,
         description="Nice levels the event-loop thread runs above the workers, so it answers at once under full load",

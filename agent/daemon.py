@@ -267,6 +267,8 @@ class Daemon:
         boost = self.settings.loop_priority
         if boost and set_thread_nice(BASE_NICE - boost):
             log.info("loop_priority_raised", nice=BASE_NICE - boost, workers_nice=BASE_NICE)
+            assert self.state is not None
+            self.state.loop_priority = boost
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self._on_signal, signum)
         scheduler = AsyncIOScheduler(event_loop=loop)

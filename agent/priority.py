@@ -21,11 +21,12 @@ BASE_NICE = os.getpriority(os.PRIO_PROCESS, 0)  # the process's, as it was start
 
 
 def set_thread_nice(value: int) -> bool:
-    """Give the calling thread nice `value`; False (logged) where the system refuses."""
+    """Give the calling thread nice `value`; False (logged) where the system refuses, which is
+    normal for an unprivileged user without RLIMIT_NICE: everything then runs at one priority."""
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), value)
     except OSError as exc:
-        log.warning("thread_priority_not_set", nice=value, base=BASE_NICE, error=exc.strerror)
+        log.info("thread_priority_unchanged", nice=value, base=BASE_NICE, error=exc.strerror)
         return False
     return True
 

@@ -74,6 +74,7 @@ class AppState:
     started_at: float = field(default_factory=time.time)
     ready: bool = False
     draining: bool = False
+    loop_priority: int = 0  # nice levels the event loop runs above the workers, as granted
     last_error: str | None = None
     reload: Any = None  # callable () -> dict, set by the daemon
     extra_status: Any = None  # callable () -> dict, set by the daemon
@@ -465,6 +466,7 @@ def create_app(state: AppState) -> FastAPI:
                 "capacity": runner.capacity,
                 "workers": runner.workers,
                 "ort_threads": settings.ort_threads,
+                "loop_priority": state.loop_priority,
             },
             "window": {"span_s": STATUS_WINDOW_S, **runner.window.stats(time.monotonic(), STATUS_WINDOW_S)},
             "zoo": str(zoo.directory),

@@ -293,6 +293,7 @@ def test_loop_priority_raises_the_loop_thread_and_not_the_workers(tmp_path: Path
     try:
         with d.client() as c, ThreadPoolExecutor(4) as pool:  # both workers start
             assert all(a["label"] for a in pool.map(lambda _: c.classify(sample_png), range(8)))
+            assert c.status()["queue"]["loop_priority"] == 5
         assert d.proc is not None
         base = os.getpriority(os.PRIO_PROCESS, 0)
         assert thread_nice(d.proc.pid, d.proc.pid) == base - 5  # the main thread runs the event loop
