@@ -7,7 +7,10 @@ burning processes; battery and heat are injected through the telemetry file sour
 runs pin one configuration; the edge-agent run lets the controller choose. Each run first sends
 3 s of the same load unrecorded, so "idle" is the daemon's steady state. The oracle takes,
 per phase, the most accurate static configuration allowed by the policy there that met the
-SLO (its phase p95 under the SLO). Writes bench/results/slo.{json,md} and slo_timeline.png, slo_bars.png.
+SLO (its phase p95 under the SLO). Reaction time: from a step until the rolling p95 of the
+phase's last 20 requests is back under the SLO (agent/scenario.py); a later stretch over the
+SLO in the same phase is no reaction to the step and is listed apart ("over again").
+Writes bench/results/slo.{json,md} and slo_timeline.png, slo_bars.png.
 
     python -m bench.slo [--phase-s 30] [--rate 40] [--quick]
 """
