@@ -89,6 +89,13 @@ class AgentProtocol(HttpToolsProtocol):
                 return
         super().data_received(data)
 
+    def send_400_response(self, msg: str) -> None:
+        """Bytes that are not HTTP get the same JSON error as any other bad request (uvicorn's
+        own answer is plain text); `invalid_http` tells it from a request the app refused."""
+        self._disarm()
+        self._send_error(400, "Bad Request", "invalid_http", f"{msg} The connection is closed.")
+        self.transport.close()
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._header_bytes = 0

@@ -163,7 +163,7 @@ def main() -> int:
         "failures": failures,
         "shed_503_with_retry_after": tally.count(SHED),
         "rejected_by_http_parser": {
-            "plain_400": tally.count(PARSER_REJECTED),
+            "json_400": tally.count(PARSER_REJECTED),
             "no_answer": tally.count(NO_ANSWER),
             "total": tally.count(PARSER_REJECTED) + tally.count(NO_ANSWER),
         },
@@ -215,7 +215,7 @@ def main() -> int:
                 "cases",
                 "ok",
                 "shed (503 + Retry-After)",
-                "parser's plain 400",
+                "HTTP parser's JSON 400",
                 "no answer (not HTTP / truncated)",
                 "failures",
                 "2xx",

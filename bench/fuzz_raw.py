@@ -288,7 +288,7 @@ def foreign_protocol(draw: st.DrawFn) -> Case:
 @st.composite
 def pipelined(draw: st.DrawFn) -> Case:
     """k complete requests in one write: all k answered, in order. With a garbage tail the parser
-    may refuse the lot (uvicorn answers its plain 400 at once), so those are not 'well-formed'."""
+    may refuse the lot (the HTTP parser answers its JSON 400 at once), so those are not 'well-formed'."""
     reqs = draw(st.lists(st.sampled_from(VALID), min_size=2, max_size=12))
     tail = draw(st.sampled_from([b"", b"", b"GARBAGE\r\n\r\n", b"\x00\xff"]))
     data = b"".join(reqs[:-1]) + reqs[-1].replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1) + tail

@@ -16,12 +16,12 @@ from urllib.parse import quote
 
 import h11
 
-#: The plain-text 400 that uvicorn's httptools protocol sends before the app sees a request.
-PARSER_400 = b"Invalid HTTP request received."
+#: The error code of the JSON 400 the daemon's HTTP parser sends before the app sees a request.
+PARSER_CODE = "invalid_http"
 
 # Verdicts. The first four are fine; the rest are failures.
 OK = "ok"
-PARSER_REJECTED = "parser_rejected"  # the plain-text 400 of uvicorn/httptools, sent before the app sees anything
+PARSER_REJECTED = "parser_rejected"  # the HTTP parser's JSON 400 (invalid_http), sent before the app sees anything
 NO_ANSWER = "no_answer"  # bytes that are not a complete request (truncated, garbage) got no answer at all
 SHED = "shed"  # 503 with Retry-After: load shedding, allowed
 SERVER_ERROR = "server_error"  # a 5xx other than shedding
@@ -200,7 +200,7 @@ def judge(case: Case, answers: list[Answer], problem: str) -> Outcome:
     verdict = OK
     methods = case.pipeline or (case.method,)
     for i, a in enumerate(answers):
-        if a.status == 400 and a.body == PARSER_400:
+        if a.status == 400 and is_json_error(a) and json.loads(a.body)["error"]["code"] == PARSER_CODE:
             if case.well_formed:
                 return Outcome(NON_JSON_ERROR, answers, "the HTTP parser refused a well-formed request")
             verdict = PARSER_REJECTED

@@ -4,6 +4,7 @@ each error followed by a request that must still succeed."""
 from __future__ import annotations
 
 import io
+import json
 import socket
 from pathlib import Path
 
@@ -286,3 +287,20 @@ def test_curl_style_raw_http_works(daemon, sample_png: Path) -> None:
         timeout=30,
     )
     assert '"label":"scratch"' in out.stdout
+
+
+def test_bytes_that_are_not_http_get_a_json_400_and_the_daemon_keeps_serving(
+    daemon, http: httpx.Client, good_png: bytes
+) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(daemon.socket_path))
+        s.sendall(b"\x00\x01GARBAGE / HTTP/9.9\r\n\r\n")
+        raw = b""
+        while chunk := s.recv(65536):  # the daemon closes the connection after answering
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"content-type: application/json" in head.lower()
+    assert json.loads(body)["error"]["code"] == "invalid_http"
+    assert_still_serving(http, good_png)
