@@ -23,9 +23,9 @@ capacity (+ one sampling period), and from then on that percentile within the SL
 request answered. Requests sent before the backlog drained wait behind it or are refused, as
 they should; the "after" row counts them but no target holds them against the daemon. The
 percentile before the overload stands beside the one after, to tell an after-effect from
-what `full@1` does at half capacity anyway. The client shares the daemon's two cores; it runs
-`--client-priority` (default 5) nice levels above the daemon's workers, as the daemon's own event
-loop does, so that what it measures is the daemon's answer, not its own wait for a core. Writes bench/results/overload.{json,md,png}
+what `full@1` does at half capacity anyway. The client shares the daemon's two cores;
+`--client-priority N` runs it N nice levels above the daemon's workers (as the daemon's own
+event loop runs), to tell the daemon's answer from the client's own wait for a core. Writes bench/results/overload.{json,md,png}
 (`--quick`: overload-quick.*).
 
     python -m bench.overload [--duration 60] [--factor 3] [--before 10] [--after 12] [--no-deadline] [--quick]
@@ -290,9 +290,8 @@ def markdown(f: dict[str, Any], rows: list[list[str]], png: str) -> str:
         f"{over['sent_rps']} req/s Poisson for {over['seconds']:g} s, between {f['phases']['before']['seconds']:g} s "
         f"and {f['phases']['after']['seconds']:g} s at half capacity; answered {over['goodput_rps']} req/s under "
         f"overload. The client used {f['client_cpu_share_of_a_core']:.0%} of a core and ran "
-        f"{f['client_priority']} nice levels above the daemon's workers (`--client-priority`), so that its own "
-        f"scheduling delays on the shared cores are not counted as the daemon's; the daemon's event loop ran "
-        f"{f['loop_priority']} above them (`loop_priority`). "
+        f"{f['client_priority']} nice levels above the daemon's workers (`--client-priority`); the daemon's event "
+        f"loop ran {f['loop_priority']} above them (`loop_priority`). "
         f"Daemon RSS {rss['start']} -> {rss['end']} MB (max {rss['max']}).\n\n"
         + md_table(["", "measured", "target", "verdict"], rows)
         + "\n## Requests (latency ms; lag: how late the client sent)\n\n"
@@ -377,7 +376,7 @@ def main() -> None:
     ap.add_argument(
         "--client-priority",
         type=int,
-        default=5,
+        default=0,
         help="nice levels this client runs above the daemon's workers, so its own scheduling delays do not count as the daemon's",
     )
     ap.add_argument("--seed", type=int, default=0)
