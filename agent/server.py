@@ -15,7 +15,6 @@ import random
 import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any
-from urllib.parse import parse_qsl
 
 import numpy as np
 import orjson
@@ -24,6 +23,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
+from starlette.datastructures import Headers, QueryParams
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
@@ -117,14 +117,6 @@ async def receive_body(receive: Receive, length: str | None, limit: int) -> byte
 
 def media_type(content_type: str) -> str:
     return content_type.split(";", 1)[0].strip().lower()
-
-
-def header(scope: Scope, name: bytes) -> str | None:
-    """The first `name` header (lower-case, as ASGI gives them) of a request's scope."""
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
 
 
 class ObserveMiddleware:
@@ -256,18 +248,18 @@ def create_app(state: AppState) -> FastAPI:
         return result
 
     async def classify_asgi(scope: Scope, receive: Receive, send: Send) -> None:
-        kind = media_type(header(scope, b"content-type") or "")
+        headers = Headers(scope=scope)
+        kind = media_type(headers.get("content-type", ""))
         if kind not in IMAGE_TYPES and kind not in NPY_TYPES:
             raise UnsupportedMediaType(
                 f"Content-Type {kind or '(none)'!r} is not supported; send image/png, image/jpeg or application/x-npy"
             )
         try:
-            fields = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
-            query = ClassifyQuery.model_validate(dict(fields))
+            query = ClassifyQuery.model_validate(dict(QueryParams(scope["query_string"])))
         except ValidationError as exc:
             raise RequestValidationError([{**e, "loc": ("query", *e["loc"])} for e in exc.errors()]) from None
         runner.check_admission(query.deadline_ms)  # a refusal should not wait for the body's decode
-        body = await receive_body(receive, header(scope, b"content-length"), settings.max_body_bytes)
+        body = await receive_body(receive, headers.get("content-length"), settings.max_body_bytes)
         if kind in IMAGE_TYPES:
             image = open_image(body)
 
