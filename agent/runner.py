@@ -285,6 +285,10 @@ class Runner:
             return self.service[config].ms
         return max((e.ms for e in self.service.values()), default=10.0)
 
+    def _estimated_at(self, config: Config) -> float:
+        estimate = self.service.get(config)
+        return estimate.at if estimate is not None else 0.0
+
     def _release(self, _: Future[Outcome]) -> None:
         with self._lock:
             self._inflight -= 1
@@ -305,7 +309,7 @@ class Runner:
         probe = (
             deadline_ms is not None
             and inflight < self.workers
-            and time.monotonic() - self.service.get(config, ServiceEstimate()).at > ESTIMATE_PROBE_S
+            and time.monotonic() - self._estimated_at(config) > ESTIMATE_PROBE_S
         )
         if deadline_ms is not None and predicted > deadline_ms and not probe:
             self.window.add(time.monotonic(), math.inf, config)
