@@ -17,7 +17,15 @@ from rich.table import Table
 from agent.client import Client
 from agent.launch import running_daemon
 from agent.policy import default_policy_path, load_policy
-from agent.scenario import Record, default_schedule, labelled_pngs, reaction_times, run_schedule, summarize
+from agent.scenario import (
+    Record,
+    default_schedule,
+    injected_telemetry_env,
+    labelled_pngs,
+    reaction_times,
+    run_schedule,
+    summarize,
+)
 
 console = Console()
 
@@ -73,12 +81,7 @@ def demo(
     with tempfile.TemporaryDirectory(prefix="edge-agent-demo-") as tmp:
         override = Path(tmp) / "telemetry.json"
         override.write_text("{}")
-        env = {
-            "EDGE_AGENT_TELEMETRY_SOURCE": "file",
-            "EDGE_AGENT_TELEMETRY_FILE": str(override),
-            "EDGE_AGENT_TELEMETRY_INTERVAL_S": "0.25",
-            "EDGE_AGENT_CONTROLLER_INTERVAL_S": "0.25",
-        }
+        env = {**injected_telemetry_env(override), "EDGE_AGENT_CONTROLLER_INTERVAL_S": "0.25"}
         with (
             running_daemon(env=env, args=["--policy", str(policy)]) as (_, sock),
             Client(sock) as client,

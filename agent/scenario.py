@@ -30,6 +30,16 @@ from PIL import Image
 from agent.client import Client, ClientError
 
 
+def injected_telemetry_env(override: Path, interval_s: float = 0.25) -> dict[str, str]:
+    """The daemon's environment for telemetry read from `override` (the `file` source: a JSON
+    object merged over the psutil readings), polled every `interval_s`."""
+    return {
+        "EDGE_AGENT_TELEMETRY_SOURCE": "file",
+        "EDGE_AGENT_TELEMETRY_FILE": str(override),
+        "EDGE_AGENT_TELEMETRY_INTERVAL_S": f"{interval_s:g}",
+    }
+
+
 @dataclass(frozen=True)
 class Phase:
     name: str

@@ -28,7 +28,15 @@ from agent.client import Client
 from agent.launch import running_daemon
 from agent.manifest import load_manifest
 from agent.policy import load_policy, resolve
-from agent.scenario import default_schedule, labelled_pngs, reaction_times, records_as_dicts, run_schedule, summarize
+from agent.scenario import (
+    default_schedule,
+    injected_telemetry_env,
+    labelled_pngs,
+    reaction_times,
+    records_as_dicts,
+    run_schedule,
+    summarize,
+)
 from agent.snapshot import Snapshot
 from agent.zoo import default_zoo_dir
 from bench.common import RESULTS, header, md_table, write_results
@@ -49,12 +57,7 @@ def one_run(
     with tempfile.TemporaryDirectory(prefix="edge-agent-slo-") as tmp:
         override = Path(tmp) / "telemetry.json"
         override.write_text("{}")
-        env = {
-            "EDGE_AGENT_TELEMETRY_SOURCE": "file",
-            "EDGE_AGENT_TELEMETRY_FILE": str(override),
-            "EDGE_AGENT_TELEMETRY_INTERVAL_S": "0.25",
-            "EDGE_AGENT_CONTROLLER_INTERVAL_S": "0.25",
-        }
+        env = {**injected_telemetry_env(override), "EDGE_AGENT_CONTROLLER_INTERVAL_S": "0.25"}
         with running_daemon(env=env, args=["--policy", str(policy)]) as (_, sock), Client(sock) as client:
             if pin:
                 client.pin(pin, 86400, "bench static run")

@@ -17,6 +17,7 @@ import pytest
 from agent.client import ClientError
 from agent.controller import Option, options_from_manifest
 from agent.manifest import latency_table, load_manifest
+from agent.scenario import injected_telemetry_env
 from agent.zoo import default_zoo_dir
 from model_zoo import data
 from tests.daemon import REPO, DaemonProcess, eventually
@@ -52,12 +53,7 @@ def policy_daemon(tmp_path: Path):
     d = DaemonProcess(
         tmp_path / "d",
         args=["--policy", str(policy)],
-        env={
-            "EDGE_AGENT_TELEMETRY_SOURCE": "file",
-            "EDGE_AGENT_TELEMETRY_FILE": str(override),
-            "EDGE_AGENT_TELEMETRY_INTERVAL_S": "0.2",
-            "EDGE_AGENT_POLICY_WATCH_S": "0.2",
-        },
+        env={**injected_telemetry_env(override, 0.2), "EDGE_AGENT_POLICY_WATCH_S": "0.2"},
     ).start()
     d.policy_path, d.override_path = policy, override  # type: ignore[attr-defined]
     yield d
@@ -128,11 +124,7 @@ def test_battery_rule_applies_from_injected_telemetry(tmp_path: Path) -> None:
     d = DaemonProcess(
         tmp_path / "d",
         args=["--policy", str(policy)],
-        env={
-            "EDGE_AGENT_TELEMETRY_SOURCE": "file",
-            "EDGE_AGENT_TELEMETRY_FILE": str(override),
-            "EDGE_AGENT_TELEMETRY_INTERVAL_S": "0.2",
-        },
+        env=injected_telemetry_env(override, 0.2),
     ).start()
     try:
         with d.client() as c:

@@ -26,6 +26,7 @@ from agent.health import OUT_OF_SERVICE, UNHEALTHY, VariantHealth
 from agent.manifest import AccuracyPoint, LatencyPoint, LatencyProfile, Manifest
 from agent.metrics import Metrics
 from agent.runner import Config, Runner
+from agent.scenario import injected_telemetry_env
 from agent.snapshot import Snapshot
 from agent.telemetry import READING_FIELDS, GuardedSource
 from agent.zoo import SessionSettings, describe_onnx, open_zoo
@@ -298,12 +299,7 @@ def test_telemetry_file_that_blocks_keeps_the_daemon_serving_and_shows_stale(tmp
     zoo = make_zoo(tmp_path / "zoo", {"a": (0.9, False)})
     override = tmp_path / "telemetry.json"
     override.write_text(json.dumps({"battery_percent": 55}))
-    env = {
-        "EDGE_AGENT_TELEMETRY_SOURCE": "file",
-        "EDGE_AGENT_TELEMETRY_FILE": str(override),
-        "EDGE_AGENT_TELEMETRY_INTERVAL_S": "0.2",
-        "EDGE_AGENT_POLICY_WATCH_S": "0.2",
-    }
+    env = {**injected_telemetry_env(override, 0.2), "EDGE_AGENT_POLICY_WATCH_S": "0.2"}
     d = start(tmp_path, zoo, env, policy_ms=40)
     try:
         with d.client(timeout=5) as c:
