@@ -15,15 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.manifest import load_manifest
+from agent.manifest import Manifest, load_manifest
 from agent.zoo import MANIFEST_NAME, default_zoo_dir
 from bench.common import header, md_table, write_results
 
 TOLERANCE_PT = 1.0
 
 
-def compare(shipped_dir: Path, built_dir: Path) -> list[dict[str, Any]]:
-    shipped, built = load_manifest(shipped_dir / MANIFEST_NAME), load_manifest(built_dir / MANIFEST_NAME)
+def compare(shipped: Manifest, built: Manifest) -> list[dict[str, Any]]:
     rows = []
     for a in shipped.variants:
         b = next((v for v in built.variants if v.name == a.name), None)
@@ -58,7 +57,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "agent", "zoo", "build", "--out", str(args.out)], check=True)
         print(f"built in {time.monotonic() - started:.0f} s")
     shipped, built = load_manifest(shipped_dir / MANIFEST_NAME), load_manifest(built_dir / MANIFEST_NAME)
-    rows = compare(shipped_dir, built_dir)
+    rows = compare(shipped, built)
     worst = max((r["max_diff_pt"] for r in rows if r["built"]), default=None)
     ok = all(r["built"] for r in rows) and worst is not None and worst <= TOLERANCE_PT
     payload = {
