@@ -1,0 +1,44 @@
+"""The synthetic data generator: fixed splits, and a shifted split with finer defects."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model_zoo import data
+
+
+def test_an_image_is_a_pure_function_of_seed_split_and_index() -> None:
+    a, b = data.sample(0, "test", 7), data.sample(0, "test", 7)
+    assert np.array_equal(a.image, b.image) and a.label == b.label
+    assert not np.array_equal(a.image, data.sample(0, "shifted", 7).image)
+    assert not np.array_equal(a.image, data.sample(1, "test", 7).image)
+
+
+@pytest.mark.parametrize("cls", ["scratch", "crack", "spot", "hole"])
+def test_a_smaller_defect_scale_draws_a_smaller_defect(cls: str) -> None:
+    flat = np.full((128, 128), 0.5, dtype=np.float32)
+
+    def area(scale: float) -> int:
+        rng = np.random.default_rng(3)  # the same shape and place at both scales
+        drawn = data._defect(rng, cls, flat, 128, 0.4, scale)
+        return int((np.abs(drawn - flat) > 0.05).sum())
+
+    low, _ = data.SHIFTED_DEFECT_SCALE
+    assert 0 < area(low) < area(1.0)
+
+
+def test_only_the_shifted_split_draws_finer_defects(monkeypatch: pytest.MonkeyPatch) -> None:
+    scales: dict[str, list[float]] = {}
+    draw = data._defect
+
+    def recording(*args: object) -> object:
+        scales.setdefault(split, []).append(float(args[-1]))  # type: ignore[arg-type]
+        return draw(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(data, "_defect", recording)
+    for split in ("train", "test", "shifted"):
+        data.generate(split, 20, size=32)
+    low, high = data.SHIFTED_DEFECT_SCALE
+    assert set(scales["train"]) == set(scales["test"]) == {1.0}
+    assert all(low <= s <= high for s in scales["shifted"]) and min(scales["shifted"]) < 0.9
