@@ -177,10 +177,13 @@ def test_real_contention_steps_down_and_back_up(tmp_path: Path) -> None:
     lets it step back up after the dwell."""
 
     # Two configurations with a real accuracy gap (the test split is saturated across budgets, so
-    # budgets of one variant tie): full@1 meets the SLO idle (profiled p95 x 1.8), not with every core busy.
+    # budgets of one variant tie): full@1 meets the SLO idle (profiled p95 x 2.2), not with every core busy.
+    # Stepping back up predicts full@1 from lowres@1's observed/profiled ratio, which the daemon's
+    # fixed per-request cost inflates for so small a model: at x 1.8 the idle ratio had to stay
+    # under 1.53, and a clean-clone CI run sat just above it for the whole minute.
     options = {str(o.config): o for o in manifest_options({"full", "lowres"})}
     assert options["full@1"].accuracy > options["lowres@1"].accuracy
-    slo = round(options["full@1"].profiled_ms * 1.8, 1)
+    slo = round(options["full@1"].profiled_ms * 2.2, 1)
     policy = tmp_path / "policy.yaml"
     policy.write_text(policy_text(slo, "allowed: {variants: [full, lowres], budgets: [1.0]}\n"))
     best_name = "full@1"
@@ -225,7 +228,11 @@ def test_real_contention_steps_down_and_back_up(tmp_path: Path) -> None:
             stop_burn.set()
             for b in burners:
                 b.join(10)
-            eventually(lambda: c.status()["config"]["current"] == best_name, 60, "step back up once idle")
+            try:
+                eventually(lambda: c.status()["config"]["current"] == best_name, 60, "step back up once idle")
+            except AssertionError as exc:
+                st = c.status()
+                raise AssertionError(f"{exc}; slo {st['slo']}; decisions {st['decisions'][-2:]}") from None
             st = c.status()
         assert "step down" in down["reason"]
         assert any("step up" in dec["reason"] for dec in st["decisions"])
