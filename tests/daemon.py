@@ -110,8 +110,15 @@ class DaemonProcess:
             self._log.close()
 
 
-def eventually(check: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> object:
-    """Poll `check` until it returns a truthy value; the bound is generous, not a timing claim."""
+def eventually(
+    check: Callable[[], object],
+    timeout: float,
+    what: str,
+    interval: float = 0.1,
+    context: Callable[[], object] | None = None,
+) -> object:
+    """Poll `check` until it returns a truthy value; the bound is generous, not a timing claim.
+    On failure the message adds `context()`, the state that says why it never came true."""
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
@@ -119,4 +126,5 @@ def eventually(check: Callable[[], object], timeout: float, what: str, interval:
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"not within {timeout} s: {what} (last: {last!r})")
+    why = f"; {context()}" if context is not None else ""
+    raise AssertionError(f"not within {timeout} s: {what} (last: {last!r}){why}")

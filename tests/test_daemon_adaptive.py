@@ -228,11 +228,12 @@ def test_real_contention_steps_down_and_back_up(tmp_path: Path) -> None:
             stop_burn.set()
             for b in burners:
                 b.join(10)
-            try:
-                eventually(lambda: c.status()["config"]["current"] == best_name, 60, "step back up once idle")
-            except AssertionError as exc:
-                st = c.status()
-                raise AssertionError(f"{exc}; slo {st['slo']}; decisions {st['decisions'][-2:]}") from None
+            eventually(
+                lambda: c.status()["config"]["current"] == best_name,
+                60,
+                "step back up once idle",
+                context=lambda: {k: v for k, v in c.status().items() if k == "slo" or k == "decisions"},
+            )
             st = c.status()
         assert "step down" in down["reason"]
         assert any("step up" in dec["reason"] for dec in st["decisions"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -29,16 +31,21 @@ def test_a_smaller_defect_scale_draws_a_smaller_defect(cls: str) -> None:
 
 
 def test_only_the_shifted_split_draws_finer_defects(monkeypatch: pytest.MonkeyPatch) -> None:
-    scales: dict[str, list[float]] = {}
     draw = data._defect
+    drawn: list[float] = []
 
-    def recording(*args: object) -> object:
-        scales.setdefault(split, []).append(float(args[-1]))  # type: ignore[arg-type]
-        return draw(*args)  # type: ignore[arg-type]
+    def recording(*args: Any) -> data.Float:
+        drawn.append(args[-1])
+        return draw(*args)
 
     monkeypatch.setattr(data, "_defect", recording)
-    for split in ("train", "test", "shifted"):
+
+    def scales(split: str) -> list[float]:
+        drawn.clear()
         data.generate(split, 20, size=32)
+        return list(drawn)
+
     low, high = data.SHIFTED_DEFECT_SCALE
-    assert set(scales["train"]) == set(scales["test"]) == {1.0}
-    assert all(low <= s <= high for s in scales["shifted"]) and min(scales["shifted"]) < 0.9
+    assert set(scales("train")) == set(scales("test")) == {1.0}
+    shifted = scales("shifted")
+    assert len(shifted) == 20 and all(low <= s <= high for s in shifted) and min(shifted) < 0.9
