@@ -45,6 +45,8 @@ def info(zoo: ZooOpt = default_zoo_dir()) -> None:
         "MB",
         "budget",
         "acc test",
+        "95% CI",
+        "p (paired)",
         "acc shifted",
         "p50 ms (2t)",
         "p95 ms (2t)",
@@ -54,6 +56,7 @@ def info(zoo: ZooOpt = default_zoo_dir()) -> None:
         for i, budget in enumerate(v.budgets):
             point = v.latency.lookup(budget, 2) if v.latency else None
             test, shifted = v.accuracy_at(budget, "test"), v.accuracy_at(budget, "shifted")
+            acc = next((a for a in v.accuracy if abs(a.budget - budget) < 1e-9), None)
             table.add_row(
                 v.name if i == 0 else "",
                 v.file if i == 0 else "",
@@ -63,16 +66,28 @@ def info(zoo: ZooOpt = default_zoo_dir()) -> None:
                 f"{v.size_bytes / 1e6:.1f}" if i == 0 else "",
                 f"{budget:.2f}",
                 f"{test:.1%}" if test is not None else "-",
+                f"{acc.test_ci[0]:.1%}-{acc.test_ci[1]:.1%}" if acc and acc.test_ci else "-",
+                _p_value(acc.p_vs_larger_budget) if acc else "-",
                 f"{shifted:.1%}" if shifted is not None else "-",
                 f"{point.p50_ms:.2f}" if point else "-",
                 f"{point.p95_ms:.2f}" if point else "-",
             )
     console.print(table)
     console.print(f"classes: {', '.join(manifest.classes)}")
+    console.print(
+        "95% CI: Wilson interval of the test accuracy; p (paired): exact McNemar test on the same test "
+        "images against the next larger budget of the variant (below 0.05: unlikely to be noise)"
+    )
     if manifest.build:
         console.print(
             f"built {manifest.build.built_at} (seed {manifest.build.seed}, {manifest.build.duration_s:.0f} s) on {manifest.build.data}"
         )
+
+
+def _p_value(p: float | None) -> str:
+    if p is None:
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 @app.command()

@@ -19,14 +19,21 @@ def batch_inputs(images: NDArray[np.uint8], size: int) -> NDArray[np.float32]:
     return np.concatenate([image_to_input(img, size) for img in images])
 
 
+def correct_mask(
+    variant: LoadedVariant, inputs: NDArray[np.float32], labels: NDArray[np.int64], budget: float, batch: int = 50
+) -> NDArray[np.bool_]:
+    """Per image, whether the variant at `budget` labels it right (for paired tests)."""
+    hits = np.empty(len(inputs), dtype=bool)
+    for start in range(0, len(inputs), batch):
+        pred = variant.run(inputs[start : start + batch], budget)
+        hits[start : start + batch] = pred.probs.argmax(axis=1) == labels[start : start + batch]
+    return hits
+
+
 def accuracy(
     variant: LoadedVariant, inputs: NDArray[np.float32], labels: NDArray[np.int64], budget: float, batch: int = 50
 ) -> float:
-    correct = 0
-    for start in range(0, len(inputs), batch):
-        pred = variant.run(inputs[start : start + batch], budget)
-        correct += int((pred.probs.argmax(axis=1) == labels[start : start + batch]).sum())
-    return correct / len(inputs)
+    return float(correct_mask(variant, inputs, labels, budget, batch).mean())
 
 
 def machine_description() -> str:

@@ -25,6 +25,13 @@ class AccuracyPoint(_Strict):
     budget: float = Field(gt=0, le=1)
     test: float = Field(ge=0, le=1)
     shifted: float | None = Field(default=None, ge=0, le=1)
+    #: Test images scored, and the 95% Wilson interval of `test`.
+    test_n: int | None = Field(default=None, ge=1)
+    test_ci: tuple[float, float] | None = None
+    #: Exact McNemar p-value (paired, same test images) against the next larger budget of this
+    #: variant, and against full@1: below 0.05, the difference is unlikely to be noise.
+    p_vs_larger_budget: float | None = Field(default=None, ge=0, le=1)
+    p_vs_full: float | None = Field(default=None, ge=0, le=1)
 
 
 class LatencyPoint(_Strict):

@@ -1,7 +1,7 @@
 """Does `edge-agent zoo build` reproduce the shipped zoo? Builds it again with the shipped
 manifest's config and seed (or takes a finished build with --built) and compares, variant by
 variant: identical ONNX files, and the accuracy on test and shifted at every budget (target:
-within 1 point). Writes bench/results/zoo_reproduce.{json,md}.
+within 0.5 point). Writes bench/results/zoo_reproduce.{json,md}.
 
     python -m bench.zoo_reproduce [--out build/zoo-reproduce] [--built DIR]
 """
@@ -19,7 +19,7 @@ from agent.manifest import Manifest, load_manifest
 from agent.zoo import MANIFEST_NAME, default_zoo_dir
 from bench.common import header, md_table, write_results
 
-TOLERANCE_PT = 1.0
+TOLERANCE_PT = 0.5
 
 
 def compare(shipped: Manifest, built: Manifest) -> list[dict[str, Any]]:

@@ -16,16 +16,14 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.evaluation import accuracy, batch_inputs, profile_variants, time_runs
+from agent.accuracy_stats import mcnemar_exact, wilson_interval
+from agent.evaluation import accuracy, batch_inputs, correct_mask, profile_variants, time_runs
 from agent.manifest import BUDGETS, AccuracyPoint, BuildInfo, Manifest, Variant
 from agent.zoo import LoadedVariant, SessionSettings, describe_onnx, open_variant
 from model_zoo import data
 from model_zoo.export import CANDIDATES, export_onnx, quantize
 from model_zoo.model import ModelSpec, TokenBudgetViT
 from model_zoo.train import evaluate, prune, to_resolution, to_tensor, train
-
-#: Budgets sampled per training batch; full budget twice as often, since it is served most.
-TRAIN_BUDGETS = (1.0, *BUDGETS)
 
 Log = Callable[[str], None]
 Step = Callable[[str, int, int], None]  # (task, done, total)
@@ -39,7 +37,7 @@ class BuildConfig(BaseModel):
     seed: int = 0
     train_size: int = 6000
     val_size: int = 1000
-    test_size: int = 1500
+    test_size: int = Field(default=4000, description="large enough for 1-point differences to be real")
     shifted_size: int = 1500
     data_dir: Path | None = Field(default=None, description="ImageFolder data instead of the synthetic set")
     image_size: int = 128
@@ -48,15 +46,19 @@ class BuildConfig(BaseModel):
     heads: int = 4
     head_dim: int = 32
     mlp_hidden: int = 512
-    prune_block: int = 1
-    epochs: int = 10
+    prune_blocks: list[int] = Field(default=[0, 2], description="blocks after whose attention tokens are dropped")
+    stage_ratio: float = Field(default=1.0, gt=0, description="later stages keep share**(1 + stage*ratio)")
+    train_budgets: list[float] = Field(
+        default=[1.0, 1.0, 0.7, 0.5, 0.35, 0.25], min_length=1, description="budgets drawn per training batch"
+    )
+    epochs: int = 7
     lr: float = 2e-3
     batch: int = 64
     photometric: bool = Field(default=True, description="mild gain, light, colour, noise and blur augmentation")
     pruned_heads: int = 2
     pruned_mlp_hidden: int = 256
     pruned_drop_blocks: list[int] = [4]
-    pruned_epochs: int = 3
+    pruned_epochs: int = 2
     lowres_size: int = 64
     lowres_epochs: int = 3
     calibration_images: int = 200
@@ -102,7 +104,7 @@ def _load_data(cfg: BuildConfig, log: Log) -> tuple[dict[str, tuple[np.ndarray, 
         n_val = n_test = max(1, len(x) // 10)
         parts = {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
         splits = {k: (x[v], y[v]) for k, v in parts.items()}
-    splits["shifted"] = splits["test"]
+    # No shifted figure for a user's own data: a copy of test would pass for robustness.
     log(f"loaded ImageFolder data from {root}: classes {list(classes)}")
     return splits, list(classes), f"ImageFolder {root}"
 
@@ -125,6 +127,25 @@ def _variant_entry(name: str, path: Path, out: Path, model: TokenBudgetViT, desc
     )
 
 
+def _accuracy_point(
+    hits: dict[tuple[str, float], np.ndarray], name: str, budget: float, shifted: float | None
+) -> AccuracyPoint:
+    """Test accuracy with its interval and paired tests against the next larger budget of the
+    same variant and against full@1 (both already scored: budgets are evaluated largest first)."""
+    mask = hits[(name, budget)]
+    larger = [b for b in BUDGETS if b > budget and (name, b) in hits]
+    reference = hits.get(("full", 1.0))
+    return AccuracyPoint(
+        budget=budget,
+        test=float(mask.mean()),
+        shifted=shifted,
+        test_n=len(mask),
+        test_ci=wilson_interval(int(mask.sum()), len(mask)),
+        p_vs_larger_budget=mcnemar_exact(mask, hits[(name, min(larger))]) if larger else None,
+        p_vs_full=mcnemar_exact(mask, reference) if reference is not None and (name, budget) != ("full", 1.0) else None,
+    )
+
+
 def build(cfg: BuildConfig, out: Path, log: Log, step: Step) -> Manifest:
     """Build the whole zoo into `out` and return its manifest (also written to out)."""
     started = time.monotonic()
@@ -143,7 +164,8 @@ def build(cfg: BuildConfig, out: Path, log: Log, step: Step) -> Manifest:
         heads=cfg.heads,
         head_dim=cfg.head_dim,
         mlp_hidden=cfg.mlp_hidden,
-        prune_block=cfg.prune_block,
+        prune_blocks=tuple(cfg.prune_blocks),
+        stage_ratio=cfg.stage_ratio,
         num_classes=len(classes),
     )
     full = TokenBudgetViT(spec)
@@ -154,7 +176,7 @@ def build(cfg: BuildConfig, out: Path, log: Log, step: Step) -> Manifest:
         epochs=cfg.epochs,
         lr=cfg.lr,
         batch=cfg.batch,
-        budgets=TRAIN_BUDGETS,
+        budgets=tuple(cfg.train_budgets),
         seed=cfg.seed,
         photometric=cfg.photometric,
         progress=lambda d, t, n: step("train full", d, t),
@@ -170,7 +192,7 @@ def build(cfg: BuildConfig, out: Path, log: Log, step: Step) -> Manifest:
         epochs=cfg.pruned_epochs,
         lr=cfg.lr / 3,
         batch=cfg.batch,
-        budgets=TRAIN_BUDGETS,
+        budgets=tuple(cfg.train_budgets),
         seed=cfg.seed + 1,
         photometric=cfg.photometric,
         progress=lambda d, t, n: step("fine-tune pruned", d, t),
@@ -187,7 +209,7 @@ def build(cfg: BuildConfig, out: Path, log: Log, step: Step) -> Manifest:
         epochs=cfg.lowres_epochs,
         lr=cfg.lr / 2,
         batch=cfg.batch,
-        budgets=TRAIN_BUDGETS,
+        budgets=tuple(cfg.train_budgets),
         seed=cfg.seed + 2,
         photometric=cfg.photometric,
         progress=lambda d, t, n: step("fine-tune lowres", d, t),
@@ -232,7 +254,7 @@ def build(cfg: BuildConfig, out: Path, log: Log, step: Step) -> Manifest:
         for cand in CANDIDATES:
             cand_path = out / f"{name}.{cand}.onnx"
             calib = inputs("train", model.spec.image_size)[: cfg.calibration_images]
-            quantize(paths[base], cand_path, cand, calib, model.spec.tokens, BUDGETS, model.spec.prune_block)
+            quantize(paths[base], cand_path, cand, calib, model.spec.tokens, BUDGETS, model.spec.prune_blocks)
             loaded = load(name, cand_path, model)
             acc = accuracy(loaded, inputs("val", model.spec.image_size)[: cfg.quant_select_images], sel_y, 1.0)
             img = inputs("val", model.spec.image_size)[:1]
@@ -264,17 +286,19 @@ def build(cfg: BuildConfig, out: Path, log: Log, step: Step) -> Manifest:
         log(f"{name}: chose {chosen[0]}")
 
     loaded_all = {name: load(name, paths[name], models[name]) for name in paths}
-    entries: dict[str, Variant] = {}
+    entries = {name: _variant_entry(name, paths[name], out, models[name], descriptions[name]) for name in paths}
+    hits: dict[tuple[str, float], np.ndarray] = {}
+    has_shifted = "shifted" in splits
     evals = [(n, b) for n in loaded_all for b in BUDGETS]
     for i, (name, budget) in enumerate(evals):
         size = models[name].spec.image_size
-        test = accuracy(loaded_all[name], inputs("test", size), splits["test"][1], budget)
-        shifted = accuracy(loaded_all[name], inputs("shifted", size), splits["shifted"][1], budget)
-        entries.setdefault(name, _variant_entry(name, paths[name], out, models[name], descriptions[name]))
-        prev = entries[name]
-        entries[name] = prev.model_copy(
-            update={"accuracy": [*prev.accuracy, AccuracyPoint(budget=budget, test=test, shifted=shifted)]}
+        hits[(name, budget)] = correct_mask(loaded_all[name], inputs("test", size), splits["test"][1], budget)
+        shifted = (
+            accuracy(loaded_all[name], inputs("shifted", size), splits["shifted"][1], budget) if has_shifted else None
         )
+        prev = entries[name]
+        point = _accuracy_point(hits, name, budget, shifted)
+        entries[name] = prev.model_copy(update={"accuracy": [*prev.accuracy, point]})
         step("evaluate", i + 1, len(evals))
 
     by_threads = {}

@@ -83,11 +83,11 @@ def activation_matmuls(model_path: Path) -> list[str]:
     return [n.name for n in proto.graph.node if n.op_type == "MatMul" and not any(i in weights for i in n.input)]
 
 
-def ranking_nodes(model_path: Path, prune_block: int) -> list[str]:
-    """Nodes of the ranking block's attention: kept fp32 so int8 keeps the same tokens."""
+def ranking_nodes(model_path: Path, prune_blocks: tuple[int, ...]) -> list[str]:
+    """Nodes of the ranking blocks' attention: kept fp32 so int8 keeps the same tokens."""
     proto = onnx.load(str(model_path))
-    prefix = f"/blocks.{prune_block}/attn/"
-    return [n.name for n in proto.graph.node if n.name.startswith(prefix)]
+    prefixes = tuple(f"/blocks.{b}/attn/" for b in prune_blocks)
+    return [n.name for n in proto.graph.node if n.name.startswith(prefixes)]
 
 
 def quantize(
@@ -97,14 +97,14 @@ def quantize(
     calibration: NDArray[np.float32],
     tokens: int,
     budgets: tuple[float, ...],
-    prune_block: int,
+    prune_blocks: tuple[int, ...],
 ) -> None:
     """int8 weight MatMul/Gemm; static candidates are MinMax-calibrated on training images."""
     kind, fmt, activation, weight = CANDIDATES[candidate]
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        exclude = ranking_nodes(pre, prune_block) + activation_matmuls(pre)
+        exclude = ranking_nodes(pre, prune_blocks) + activation_matmuls(pre)
         if kind == "dynamic":
             quantize_dynamic(
                 str(pre),

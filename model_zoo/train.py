@@ -139,8 +139,10 @@ def prune(model: TokenBudgetViT, heads: int, mlp_hidden: int, drop_blocks: tuple
     weight norm in every block, and remove whole blocks listed in `drop_blocks`."""
     spec = model.spec
     kept_blocks = [i for i in range(spec.depth) if i not in drop_blocks]
-    prune_block = spec.prune_block - sum(1 for d in drop_blocks if d < spec.prune_block)
-    new_spec = replace(spec, heads=heads, mlp_hidden=mlp_hidden, depth=len(kept_blocks), prune_block=prune_block)
+    if any(b in drop_blocks for b in spec.prune_blocks):
+        raise ValueError(f"cannot remove a block that prunes tokens ({spec.prune_blocks})")
+    prune_blocks = tuple(kept_blocks.index(b) for b in spec.prune_blocks)
+    new_spec = replace(spec, heads=heads, mlp_hidden=mlp_hidden, depth=len(kept_blocks), prune_blocks=prune_blocks)
     new = TokenBudgetViT(new_spec)
     new.stem.load_state_dict(model.stem.state_dict())
     new.cls.copy_(model.cls)

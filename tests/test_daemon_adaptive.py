@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import threading
@@ -120,7 +121,10 @@ def test_battery_rule_applies_from_injected_telemetry(tmp_path: Path) -> None:
     override = tmp_path / "telemetry.json"
     # The shipped default policy with a loose SLO, so that only the battery rule moves the choice.
     policy = tmp_path / "policy.yaml"
-    policy.write_text((REPO / "policies" / "default.yaml").read_text().replace("latency_ms: 25", "latency_ms: 500"))
+    default = (REPO / "policies" / "default.yaml").read_text()
+    loose, edits = re.subn(r"^(\s*latency_ms:) \d+", r"\1 500", default, flags=re.M)
+    assert edits == 1, "the default policy has one latency_ms"
+    policy.write_text(loose)
     d = DaemonProcess(
         tmp_path / "d",
         args=["--policy", str(policy)],
