@@ -43,3 +43,10 @@ def mcnemar_exact(a_correct: NDArray[np.bool_], b_correct: NDArray[np.bool_]) ->
         math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + log_half_n) for i in range(k + 1)
     )
     return min(1.0, 2 * tail)
+
+
+def format_p(p: float | None) -> str:
+    """A p-value for a table: '-' when there is none, '<0.001' below that."""
+    if p is None:
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from agent.accuracy_stats import format_p
 from agent.errors import ZooError
 from agent.manifest import BUDGETS, DeviceProfile, ProfiledVariant, load_manifest
 from agent.paths import device_profile_path
@@ -55,8 +56,8 @@ def info(zoo: ZooOpt = default_zoo_dir()) -> None:
     for v in manifest.variants:
         for i, budget in enumerate(v.budgets):
             point = v.latency.lookup(budget, 2) if v.latency else None
-            test, shifted = v.accuracy_at(budget, "test"), v.accuracy_at(budget, "shifted")
-            acc = next((a for a in v.accuracy if abs(a.budget - budget) < 1e-9), None)
+            acc = v.accuracy_point(budget)
+            test, shifted = (acc.test, acc.shifted) if acc else (None, None)
             table.add_row(
                 v.name if i == 0 else "",
                 v.file if i == 0 else "",
@@ -67,7 +68,7 @@ def info(zoo: ZooOpt = default_zoo_dir()) -> None:
                 f"{budget:.2f}",
                 f"{test:.1%}" if test is not None else "-",
                 f"{acc.test_ci[0]:.1%}-{acc.test_ci[1]:.1%}" if acc and acc.test_ci else "-",
-                _p_value(acc.p_vs_larger_budget) if acc else "-",
+                format_p(acc.p_vs_larger_budget) if acc else "-",
                 f"{shifted:.1%}" if shifted is not None else "-",
                 f"{point.p50_ms:.2f}" if point else "-",
                 f"{point.p95_ms:.2f}" if point else "-",
@@ -82,12 +83,6 @@ def info(zoo: ZooOpt = default_zoo_dir()) -> None:
         console.print(
             f"built {manifest.build.built_at} (seed {manifest.build.seed}, {manifest.build.duration_s:.0f} s) on {manifest.build.data}"
         )
-
-
-def _p_value(p: float | None) -> str:
-    if p is None:
-        return "-"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 @app.command()

@@ -81,11 +81,14 @@ class Variant(_Strict):
         """The budgets this variant can run at: every budget, or only 1.0 for a plain model."""
         return BUDGETS if self.token_input else (1.0,)
 
+    def accuracy_point(self, budget: float) -> AccuracyPoint | None:
+        return next((p for p in self.accuracy if abs(p.budget - budget) < 1e-9), None)
+
     def accuracy_at(self, budget: float, split: str = "test") -> float | None:
-        for point in self.accuracy:
-            if abs(point.budget - budget) < 1e-9:
-                return point.test if split == "test" else point.shifted
-        return None
+        point = self.accuracy_point(budget)
+        if point is None:
+            return None
+        return point.test if split == "test" else point.shifted
 
 
 class BuildInfo(_Strict):

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from agent.accuracy_stats import mcnemar_exact, wilson_interval
+from agent.accuracy_stats import format_p, mcnemar_exact, wilson_interval
 from agent.evaluation import batch_inputs, correct_mask
 from agent.manifest import load_manifest
 from agent.zoo import MANIFEST_NAME, SessionSettings, Zoo, default_zoo_dir, open_zoo
@@ -254,10 +254,6 @@ def _frontier_steps(front: list[Row]) -> list[dict[str, Any]]:
     ]
 
 
-def _p(p: float | None) -> str:
-    return "-" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
-
-
 def _markdown(payload: dict[str, Any], rows: dict[str, Row], front: list[Row], results: list[dict[str, Any]]) -> str:
     by_config = {r["config"]: r for r in payload["rows"]}
     table = md_table(
@@ -284,7 +280,7 @@ def _markdown(payload: dict[str, Any], rows: dict[str, Row], front: list[Row], r
                 f"{r['acc_test']:.1%}",
                 f"{r['acc_test_ci95'][0]:.1%}-{r['acc_test_ci95'][1]:.1%}",
                 r["loss_test_pt"],
-                _p(r["p_vs_larger_budget"]),
+                format_p(r["p_vs_larger_budget"]),
                 f"{r['acc_shifted']:.1%}",
                 "yes" if c in payload["pareto_test"] else "",
             ]
@@ -293,7 +289,7 @@ def _markdown(payload: dict[str, Any], rows: dict[str, Row], front: list[Row], r
     )
     steps = md_table(
         ["from", "to", "accuracy gained (pt)", "paired p"],
-        [[s["from"], s["to"], s["gain_pt"], _p(s["p"])] for s in payload["frontier_steps"]],
+        [[s["from"], s["to"], s["gain_pt"], format_p(s["p"])] for s in payload["frontier_steps"]],
     )
     targets = md_table(
         ["check", "measured", "target", "met"],
