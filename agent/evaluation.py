@@ -20,9 +20,11 @@ def batch_inputs(images: NDArray[np.uint8], size: int) -> NDArray[np.float32]:
 
 
 def correct_mask(
-    variant: LoadedVariant, inputs: NDArray[np.float32], labels: NDArray[np.int64], budget: float, batch: int = 50
+    variant: LoadedVariant, inputs: NDArray[np.float32], labels: NDArray[np.int64], budget: float, batch: int = 8
 ) -> NDArray[np.bool_]:
-    """Per image, whether the variant at `budget` labels it right (for paired tests)."""
+    """Per image, whether the variant at `budget` labels it right (for paired tests). Small
+    batches: at 50 images the attention maps outgrow the cache and full@1 took 14.3 ms an
+    image against 11.9 at 4."""
     hits = np.empty(len(inputs), dtype=bool)
     for start in range(0, len(inputs), batch):
         pred = variant.run(inputs[start : start + batch], budget)
@@ -31,7 +33,7 @@ def correct_mask(
 
 
 def accuracy(
-    variant: LoadedVariant, inputs: NDArray[np.float32], labels: NDArray[np.int64], budget: float, batch: int = 50
+    variant: LoadedVariant, inputs: NDArray[np.float32], labels: NDArray[np.int64], budget: float, batch: int = 8
 ) -> float:
     return float(correct_mask(variant, inputs, labels, budget, batch).mean())
 
