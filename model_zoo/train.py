@@ -76,8 +76,9 @@ def train(
     photometric: bool = False,
     progress: Progress | None = None,
 ) -> list[float]:
-    """AdamW + warmup/cosine; each batch runs at a random token budget so that every budget
-    the daemon may choose was seen in training. Returns the mean loss per epoch."""
+    """AdamW + warmup/cosine; each batch runs at a token budget drawn from `budgets`. Budgets
+    below the smallest drawn are served without having been trained for, which is what makes
+    them cost accuracy (model card). Returns the mean loss per epoch."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     steps_per_epoch = math.ceil(len(images) / batch)
