@@ -15,8 +15,8 @@ import httpx
 import numpy as np
 from hypothesis import strategies as st
 
-from agent.api import PinRequest, V2InferRequest
-from agent.manifest import load_manifest
+from agent.serving.api import PinRequest, V2InferRequest
+from agent.zoo.manifest import load_manifest
 from bench.fuzz_payloads import IMAGE_KINDS, npy_array, sample_image
 from bench.fuzz_wire import Case, http_request, path_segment
 

@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from agent.cli.launch import running_daemon
 from agent.client import Client
-from agent.codec import image_to_input, load_pixels, open_image
-from agent.config import Settings
-from agent.launch import running_daemon
-from agent.zoo import SessionSettings, default_zoo_dir, open_zoo
+from agent.serving.codec import image_to_input, load_pixels, open_image
+from agent.settings import Settings
+from agent.zoo.sessions import SessionSettings, default_zoo_dir, open_zoo
 from bench.common import header, md_table, write_results
 from bench.lean_client import LeanClient
 from model_zoo import data

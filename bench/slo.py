@@ -24,11 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.client import Client
-from agent.launch import running_daemon
-from agent.manifest import load_manifest
-from agent.policy import load_policy, resolve
-from agent.scenario import (
+from agent.cli.launch import running_daemon
+from agent.cli.scenario import (
     default_schedule,
     injected_telemetry_env,
     labelled_pngs,
@@ -37,8 +34,11 @@ from agent.scenario import (
     run_schedule,
     summarize,
 )
-from agent.snapshot import Snapshot
-from agent.zoo import default_zoo_dir
+from agent.client import Client
+from agent.policy.store import load_policy, resolve
+from agent.telemetry.snapshot import Snapshot
+from agent.zoo.manifest import load_manifest
+from agent.zoo.sessions import default_zoo_dir
 from bench.common import RESULTS, header, md_table, write_results
 
 

@@ -36,8 +36,8 @@ import httpx
 import psutil
 import uvloop
 
+from agent.cli.launch import running_daemon
 from agent.client import Client, ClientError
-from agent.launch import running_daemon
 from bench.common import RESULTS, header, md_table, write_results
 from bench.loadgen import (
     Shot,

@@ -78,7 +78,7 @@ def test_whole_build_pipeline_on_a_tiny_config(tmp_path: Path) -> None:
     assert verify.returncode == 0, verify.stdout
     profile = cli("zoo", "profile", "--zoo", str(out), "--out", str(tmp_path / "device.json"), "--runs", "3")
     assert profile.returncode == 0, profile.stdout + profile.stderr
-    from agent.manifest import DeviceProfile
+    from agent.zoo.manifest import DeviceProfile
 
     device = DeviceProfile.model_validate_json((tmp_path / "device.json").read_text())
     assert set(device.variants) == names

@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterator
 import pytest
 from PIL import Image
 
-from agent.config import load_settings
-from agent.daemon import raise_fd_limit
+from agent.daemon.lifecycle import raise_fd_limit
 from agent.errors import AgentError
+from agent.settings import load_settings
 from model_zoo import data
 from tests.daemon import DaemonProcess
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from agent.cli.scenario import injected_telemetry_env
 from agent.client import ClientError
-from agent.controller import Option, options_from_manifest
-from agent.manifest import latency_table, load_manifest
-from agent.scenario import injected_telemetry_env
-from agent.zoo import default_zoo_dir
+from agent.control.controller import Option, options_from_manifest
+from agent.zoo.manifest import latency_table, load_manifest
+from agent.zoo.sessions import default_zoo_dir
 from model_zoo import data
 from tests.daemon import REPO, DaemonProcess, eventually
 

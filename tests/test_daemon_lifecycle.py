@@ -269,7 +269,7 @@ def test_admin_routes_refused_to_a_uid_not_allowed(tmp_path_factory: pytest.Temp
 
 
 def test_notify_never_blocks_when_nobody_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent import sdnotify
+    from agent.daemon import sdnotify
 
     path = tmp_path / "notify.sock"
     unread = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

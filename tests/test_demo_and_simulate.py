@@ -9,9 +9,9 @@ from pathlib import Path
 
 import psutil
 
-from agent.policy import load_policy
-from agent.simulate import simulate, summary
-from agent.telemetry_formats import read_trace
+from agent.control.simulate import simulate, summary
+from agent.policy.store import load_policy
+from agent.telemetry.formats import read_trace
 
 REPO = Path(__file__).resolve().parent.parent
 TRACES = sorted((REPO / "policies" / "traces").glob("*.jsonl"))
@@ -53,9 +53,9 @@ def test_a_recorded_trace_is_shipped() -> None:
 
 def test_simulate_replays_the_trace_through_the_controller() -> None:
     policy = load_policy(REPO / "policies" / "default.yaml")
-    from agent.controller import options_from_manifest
-    from agent.manifest import latency_table, load_manifest
-    from agent.zoo import default_zoo_dir
+    from agent.control.controller import options_from_manifest
+    from agent.zoo.manifest import latency_table, load_manifest
+    from agent.zoo.sessions import default_zoo_dir
 
     manifest = load_manifest(default_zoo_dir() / "manifest.json")
     options = options_from_manifest(manifest, latency_table(manifest, None), {v.name for v in manifest.variants}, 1, 95)

@@ -19,17 +19,17 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper, save_model
 
-from agent.adaptive import AdaptiveLoop
+from agent.cli.scenario import injected_telemetry_env
 from agent.client import ClientError
+from agent.daemon.adaptive import AdaptiveLoop
 from agent.errors import VariantUnavailable
-from agent.health import OUT_OF_SERVICE, UNHEALTHY, VariantHealth
-from agent.manifest import AccuracyPoint, LatencyPoint, LatencyProfile, Manifest
-from agent.metrics import Metrics
-from agent.runner import Config, Runner
-from agent.scenario import injected_telemetry_env
-from agent.snapshot import Snapshot
-from agent.telemetry import READING_FIELDS, GuardedSource
-from agent.zoo import SessionSettings, describe_onnx, open_zoo
+from agent.serving.health import OUT_OF_SERVICE, UNHEALTHY, VariantHealth
+from agent.serving.metrics import Metrics
+from agent.serving.runner import Config, Runner
+from agent.telemetry.snapshot import Snapshot
+from agent.telemetry.sources import READING_FIELDS, GuardedSource
+from agent.zoo.manifest import AccuracyPoint, LatencyPoint, LatencyProfile, Manifest
+from agent.zoo.sessions import SessionSettings, describe_onnx, open_zoo
 from tests.daemon import DaemonProcess, eventually
 
 CLASSES = ["ok", "scratch", "crack"]

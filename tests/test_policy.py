@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from agent.cli import app
+from agent.cli.main import app
 from agent.errors import AgentError
-from agent.policy import (
+from agent.policy.store import (
     FALLBACK_POLICY,
     MAX_BYTES,
     Policy,
@@ -35,7 +35,7 @@ from agent.policy import (
     policy_warnings,
     resolve,
 )
-from agent.snapshot import Snapshot
+from agent.telemetry.snapshot import Snapshot
 
 REPO = Path(__file__).resolve().parent.parent
 BROKEN_DIR = REPO / "tests" / "policies_broken"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from agent.errors import Overloaded
-from agent.runner import ESTIMATE_PROBE_S, Config, Runner, ServiceEstimate
-from agent.zoo import SessionSettings, open_zoo
+from agent.serving.runner import ESTIMATE_PROBE_S, Config, Runner, ServiceEstimate
+from agent.zoo.sessions import SessionSettings, open_zoo
 from tests.test_faults import NOISE, make_zoo
 
 

@@ -28,8 +28,7 @@ from typing import TypedDict
 
 import pytest
 
-from agent.paths import SOCKET_NAME
-from agent.systemd_units import (
+from agent.cli.systemd_units import (
     CONFIG_FILE,
     SERVICE,
     SOCKET,
@@ -40,6 +39,7 @@ from agent.systemd_units import (
     hidden_by_sandbox,
     unit_file,
 )
+from agent.paths import SOCKET_NAME
 
 REPO = Path(__file__).resolve().parent.parent
 ANALYZE = shutil.which("systemd-analyze")
@@ -161,7 +161,7 @@ def test_render_prints_the_installed_service(prefix: Path, entry: Path, service_
 def test_default_config_runs_on_defaults_and_each_line_uncomments_to_a_valid_setting(
     prefix: Path, tmp_path: Path
 ) -> None:
-    from agent.config import Settings, load_settings
+    from agent.settings import Settings, load_settings
 
     config = prefix / CONFIG_FILE
     assert load_settings(config) == load_settings(None)
@@ -205,7 +205,7 @@ def test_socket_unit_listens_where_the_service_would_bind(service_text: str, soc
 
 
 def test_service_waits_for_ready_and_outlasts_the_drain(service_text: str) -> None:
-    from agent.config import Settings
+    from agent.settings import Settings
 
     assert (one(service_text, "Type"), one(service_text, "NotifyAccess")) == ("notify", "main")
     drain = Settings.model_fields["drain_timeout_s"].default

@@ -22,10 +22,11 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.config import Settings
 from agent.errors import AgentError
-from agent.snapshot import Snapshot
-from agent.telemetry import (
+from agent.settings import Settings
+from agent.telemetry.formats import SnapshotValues, parse_trace_line
+from agent.telemetry.snapshot import Snapshot
+from agent.telemetry.sources import (
     FileOverrideSource,
     PsutilSource,
     TelemetrySource,
@@ -36,7 +37,6 @@ from agent.telemetry import (
     read_trace,
     trace_line,
 )
-from agent.telemetry_formats import SnapshotValues, parse_trace_line
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = 1_700_000_000.0

@@ -13,7 +13,7 @@ import structlog
 from numpy.typing import NDArray
 
 from agent.errors import InferenceFailed, ZooError
-from agent.manifest import Manifest, TensorSpec, Variant, keep_count, load_manifest
+from agent.zoo.manifest import Manifest, TensorSpec, Variant, keep_count, load_manifest
 
 log = structlog.get_logger(__name__)
 
@@ -26,7 +26,7 @@ MANIFEST_NAME = "manifest.json"
 
 def default_zoo_dir() -> Path:
     """The shipped zoo: `model_zoo/` next to the `agent` package (checkout or editable install)."""
-    return Path(__file__).resolve().parent.parent / "model_zoo"
+    return Path(__file__).resolve().parents[2] / "model_zoo"
 
 
 @dataclass(frozen=True)

@@ -25,21 +25,21 @@ import uvloop
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import Counter
 
-from agent import sdnotify
-from agent.adaptive import AdaptiveLoop
-from agent.codec import MMAP_THRESHOLD_BYTES, fix_mmap_threshold
-from agent.config import Settings, load_settings
-from agent.connections import ConnectionLimits, RequestLimit, protocol_class
+from agent.daemon import sdnotify
+from agent.daemon.adaptive import AdaptiveLoop
+from agent.daemon.logs import configure_logging
 from agent.errors import AgentError
-from agent.listener import bind_unix, remove_socket, socket_identity, systemd_socket
-from agent.logs import configure_logging
-from agent.metrics import Metrics
 from agent.paths import state_dir
-from agent.priority import BASE_NICE, set_thread_nice
-from agent.runner import Config, Pin, Runner, Switch
-from agent.server import AppState, create_app
-from agent.telemetry import GuardedSource, make_source
-from agent.zoo import SessionSettings, open_zoo
+from agent.serving.app import AppState, create_app
+from agent.serving.codec import MMAP_THRESHOLD_BYTES, fix_mmap_threshold
+from agent.serving.listener import bind_unix, remove_socket, socket_identity, systemd_socket
+from agent.serving.metrics import Metrics
+from agent.serving.priority import BASE_NICE, set_thread_nice
+from agent.serving.protocol import ConnectionLimits, RequestLimit, protocol_class
+from agent.serving.runner import Config, Pin, Runner, Switch
+from agent.settings import Settings, load_settings
+from agent.telemetry.sources import GuardedSource, make_source
+from agent.zoo.sessions import SessionSettings, open_zoo
 
 log = structlog.get_logger(__name__)
 

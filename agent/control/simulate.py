@@ -13,10 +13,10 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.controller import ControllerState, Decision, Observed, Option, decide
-from agent.policy import Policy
-from agent.runner import Config
-from agent.telemetry_formats import TraceEntry
+from agent.control.controller import ControllerState, Decision, Observed, Option, decide
+from agent.policy.store import Policy
+from agent.serving.runner import Config
+from agent.telemetry.formats import TraceEntry
 
 
 @dataclass(frozen=True)

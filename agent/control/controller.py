@@ -16,10 +16,10 @@ import datetime as dt
 import math
 from dataclasses import dataclass, field, replace
 
-from agent.manifest import LatencyProfile, Manifest
-from agent.policy import Constraints, Policy, resolve
-from agent.runner import Config
-from agent.snapshot import Snapshot
+from agent.policy.store import Constraints, Policy, resolve
+from agent.serving.runner import Config
+from agent.telemetry.snapshot import Snapshot
+from agent.zoo.manifest import LatencyProfile, Manifest
 
 #: Fewest samples of the configuration in force before its latency updates the slowdown.
 MIN_SAMPLES = 5

@@ -5,12 +5,12 @@ from __future__ import annotations
 import typer
 
 from agent import __version__
-from agent.cli_daemon import register
-from agent.cli_demo import demo
-from agent.cli_policy import app as policy_app
-from agent.cli_systemd import app as systemd_app
-from agent.cli_telemetry import app as telemetry_app
-from agent.cli_zoo import app as zoo_app
+from agent.cli.daemon import register
+from agent.cli.demo import demo
+from agent.cli.policy import app as policy_app
+from agent.cli.systemd import app as systemd_app
+from agent.cli.telemetry import app as telemetry_app
+from agent.cli.zoo import app as zoo_app
 
 app = typer.Typer(help="edge-agent: adaptive on-device inference for edge gateways.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")

@@ -13,8 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from agent.errors import AgentError
-from agent.systemd_units import (
+from agent.cli.systemd_units import (
     CONFIG_FILE,
     SERVICE,
     SOCKET,
@@ -29,6 +28,7 @@ from agent.systemd_units import (
     render_config,
     unit_file,
 )
+from agent.errors import AgentError
 
 app = typer.Typer(help="systemd units: render and install the service, socket and system user.", no_args_is_help=True)
 console = Console(soft_wrap=True, highlight=False)
@@ -51,7 +51,7 @@ def _fail(message: str) -> NoReturn:
 def _template_dirs() -> list[Path]:
     """A checkout or editable install keeps systemd/ next to the package; a wheel may ship it
     as data files under the venv's share/."""
-    package_root = Path(__file__).resolve().parent.parent
+    package_root = Path(__file__).resolve().parents[2]
     return [package_root / "systemd", Path(sys.prefix) / "share" / "edge-agent" / "systemd"]
 
 
@@ -77,8 +77,8 @@ def _rendered(unit: UnitFile, templates: Path) -> str:
 
 
 def _config_text() -> str:
-    from agent.config import Settings  # pulls in onnxruntime (via agent.zoo): load it only when needed
-    from agent.zoo import default_zoo_dir
+    from agent.settings import Settings  # pulls in onnxruntime (via agent.zoo): load it only when needed
+    from agent.zoo.sessions import default_zoo_dir
 
     return render_config(Settings.model_fields, {"socket": str(UNIT_SOCKET_PATH), "zoo": str(default_zoo_dir())})
 

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 import numpy as np
 from numpy.typing import NDArray
 
-from agent.codec import image_to_input
-from agent.manifest import LatencyPoint, LatencyProfile
-from agent.zoo import LoadedVariant
+from agent.serving.codec import image_to_input
+from agent.zoo.manifest import LatencyPoint, LatencyProfile
+from agent.zoo.sessions import LoadedVariant
 
 
 def batch_inputs(images: NDArray[np.uint8], size: int) -> NDArray[np.float32]:

@@ -27,7 +27,7 @@ import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from agent.server import error_response
+from agent.serving.app import error_response
 
 log = structlog.get_logger(__name__)
 

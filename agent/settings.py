@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from agent.errors import AgentError
 from agent.paths import default_socket
-from agent.zoo import default_zoo_dir
+from agent.zoo.sessions import default_zoo_dir
 
 
 def _cores() -> int:

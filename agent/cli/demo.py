@@ -14,10 +14,8 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from agent.client import Client
-from agent.launch import running_daemon
-from agent.policy import default_policy_path, load_policy
-from agent.scenario import (
+from agent.cli.launch import running_daemon
+from agent.cli.scenario import (
     Record,
     default_schedule,
     injected_telemetry_env,
@@ -26,6 +24,8 @@ from agent.scenario import (
     run_schedule,
     summarize,
 )
+from agent.client import Client
+from agent.policy.store import default_policy_path, load_policy
 
 console = Console()
 
@@ -137,8 +137,8 @@ def demo(
 
 def _trace_line(status: dict[str, Any]) -> str:
     """The daemon's own view (telemetry with injections, latency over the policy window)."""
-    from agent.snapshot import Snapshot
-    from agent.telemetry_formats import trace_line
+    from agent.telemetry.formats import trace_line
+    from agent.telemetry.snapshot import Snapshot
 
     slo = status["slo"]
     observed = {

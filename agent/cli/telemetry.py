@@ -14,10 +14,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from agent.client import Client, ClientError
-from agent.logs import configure_logging
+from agent.daemon.logs import configure_logging
 from agent.paths import default_socket
-from agent.telemetry import PsutilSource
-from agent.telemetry_formats import observed_from_status, trace_line
+from agent.telemetry.formats import observed_from_status, trace_line
+from agent.telemetry.sources import PsutilSource
 
 app = typer.Typer(help="Device telemetry: CPU, temperature, battery, power.", no_args_is_help=True)
 console = Console()

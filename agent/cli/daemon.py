@@ -44,7 +44,7 @@ def serve(
     config: Annotated[Path | None, typer.Option(help="Daemon settings (YAML); EDGE_AGENT_* env wins over it")] = None,
 ) -> None:
     """Run the daemon: load and verify the zoo, warm up, serve on the Unix socket."""
-    from agent.daemon import serve as run_daemon
+    from agent.daemon.lifecycle import serve as run_daemon
 
     raise typer.Exit(run_daemon(config, socket=socket, zoo=zoo, policy=policy))
 

@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 import structlog
 
-from agent.snapshot import Snapshot
+from agent.telemetry.snapshot import Snapshot
 
 log = structlog.get_logger(__name__)
 

@@ -23,9 +23,9 @@ import structlog
 from numpy.typing import NDArray
 
 from agent.errors import BadInput, InferenceFailed, NotFound, Overloaded, VariantUnavailable
-from agent.health import VariantHealth
-from agent.priority import as_worker
-from agent.zoo import LoadedVariant, Prediction, Zoo
+from agent.serving.health import VariantHealth
+from agent.serving.priority import as_worker
+from agent.zoo.sessions import LoadedVariant, Prediction, Zoo
 
 log = structlog.get_logger(__name__)
 

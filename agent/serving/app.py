@@ -30,7 +30,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent import __version__
-from agent.api import (
+from agent.errors import AgentError, BadInput, Forbidden, InvalidTensor, NotFound, PayloadTooLarge, UnsupportedMediaType
+from agent.serving.api import (
     Classification,
     ClassifyQuery,
     ErrorBody,
@@ -40,7 +41,7 @@ from agent.api import (
     V2ModelMetadata,
     V2TensorMeta,
 )
-from agent.codec import (
+from agent.serving.codec import (
     check_image_tensor,
     decode_npy,
     image_to_input,
@@ -49,11 +50,10 @@ from agent.codec import (
     release,
     tensor_to_input,
 )
-from agent.config import Settings
-from agent.errors import AgentError, BadInput, Forbidden, InvalidTensor, NotFound, PayloadTooLarge, UnsupportedMediaType
-from agent.metrics import Metrics
-from agent.runner import Config, Outcome, Runner
-from agent.zoo import LoadedVariant, Zoo
+from agent.serving.metrics import Metrics
+from agent.serving.runner import Config, Outcome, Runner
+from agent.settings import Settings
+from agent.zoo.sessions import LoadedVariant, Zoo
 
 log = structlog.get_logger(__name__)
 

@@ -17,17 +17,17 @@ from typing import Any
 
 import structlog
 
-from agent.controller import ControllerState, Decision, Observed, Option, decide, options_from_manifest
+from agent.control.controller import ControllerState, Decision, Observed, Option, decide, options_from_manifest
 from agent.errors import ZooError
-from agent.health import OUT_OF_SERVICE, HealthCollector, Unavailable
-from agent.manifest import latency_table, load_device_profile
-from agent.metrics import Metrics
 from agent.paths import device_profile_path
-from agent.policy import PolicyStore, ReloadResult, default_policy_path
-from agent.runner import Config, Runner
-from agent.snapshot import Snapshot
-from agent.telemetry import TelemetrySource
-from agent.zoo import recheck_files
+from agent.policy.store import PolicyStore, ReloadResult, default_policy_path
+from agent.serving.health import OUT_OF_SERVICE, HealthCollector, Unavailable
+from agent.serving.metrics import Metrics
+from agent.serving.runner import Config, Runner
+from agent.telemetry.snapshot import Snapshot
+from agent.telemetry.sources import TelemetrySource
+from agent.zoo.manifest import latency_table, load_device_profile
+from agent.zoo.sessions import recheck_files
 
 log = structlog.get_logger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.errors import AgentError
-from agent.snapshot import Snapshot
+from agent.telemetry.snapshot import Snapshot
 
 Percent = Annotated[float, Field(ge=0, le=100)]
 MAX_OVERRIDE_BYTES = 64 * 1024

@@ -24,7 +24,7 @@ from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from agent.errors import AgentError
-from agent.policy_schema import RULE_NAME_PATTERN, SUPPORTED_VERSIONS, VARIANT_PATTERN, Policy
+from agent.policy.schema import RULE_NAME_PATTERN, SUPPORTED_VERSIONS, VARIANT_PATTERN, Policy
 
 MAX_BYTES = 64 * 1024
 MAX_DEPTH = 16

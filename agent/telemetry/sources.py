@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import structlog
 
 from agent.errors import AgentError
-from agent.snapshot import Snapshot
-from agent.telemetry_formats import (
+from agent.telemetry.formats import (
     MAX_OVERRIDE_BYTES,
     InvalidOverride,
     TraceEntry,
@@ -29,10 +28,11 @@ from agent.telemetry_formats import (
     read_trace,
     trace_line,
 )
-from agent.telemetry_psutil import PsutilSource, read_power_supply, read_thermal_zones
+from agent.telemetry.psutil_reader import PsutilSource, read_power_supply, read_thermal_zones
+from agent.telemetry.snapshot import Snapshot
 
 if TYPE_CHECKING:
-    from agent.config import Settings
+    from agent.settings import Settings
 
 log = structlog.get_logger(__name__)
 _UNREAD = object()  # FileOverrideSource has not read the file, or could not

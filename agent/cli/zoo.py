@@ -12,11 +12,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from agent.accuracy_stats import format_p
 from agent.errors import ZooError
-from agent.manifest import BUDGETS, DeviceProfile, ProfiledVariant, load_manifest
 from agent.paths import device_profile_path
-from agent.zoo import MANIFEST_NAME, SessionSettings, default_zoo_dir, open_zoo, verify_zoo
+from agent.zoo.manifest import BUDGETS, DeviceProfile, ProfiledVariant, load_manifest
+from agent.zoo.sessions import MANIFEST_NAME, SessionSettings, default_zoo_dir, open_zoo, verify_zoo
+from agent.zoo.stats import format_p
 
 app = typer.Typer(help="The model zoo: variants, manifest, build and profile.", no_args_is_help=True)
 console = Console(width=max(Console().width, 130))
@@ -106,7 +106,7 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Data seed (the zoo's build seed by default)")] = -1,
 ) -> None:
     """Accuracy of every variant x budget on the synthetic split, run through onnxruntime."""
-    from agent.evaluation import accuracy, batch_inputs
+    from agent.zoo.evaluation import accuracy, batch_inputs
     from model_zoo import data
 
     loaded = open_zoo(zoo, SessionSettings(intra_threads=2))
@@ -133,7 +133,7 @@ def profile(
     runs: Annotated[int, typer.Option(help="Timed runs per variant x budget x threads")] = 50,
 ) -> None:
     """Measure this device's latency table; the daemon prefers it over the shipped profile."""
-    from agent.evaluation import profile_variants
+    from agent.zoo.evaluation import profile_variants
 
     out = out or device_profile_path()
     by_threads = {}
@@ -211,7 +211,7 @@ def run(
     """Classify images in process with each variant (no daemon, no torch needed)."""
     from PIL import Image
 
-    from agent.codec import image_to_input
+    from agent.serving.codec import image_to_input
 
     loaded = open_zoo(zoo, SessionSettings(intra_threads=2), names=variant)
     for name, reason in loaded.failures.items():

@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from agent.policy_loader import (
+from agent.policy.loader import (
     MAX_BYTES,
     MAX_DEPTH,
     FileIdentity,
@@ -29,7 +29,7 @@ from agent.policy_loader import (
     parse_policy,
     read_policy_file,
 )
-from agent.policy_schema import (
+from agent.policy.schema import (
     DEFAULT_BUDGETS,
     FALLBACK_POLICY,
     SUPPORTED_VERSIONS,
@@ -41,7 +41,7 @@ from agent.policy_schema import (
     Rule,
     Slo,
 )
-from agent.snapshot import Snapshot
+from agent.telemetry.snapshot import Snapshot
 
 log = structlog.get_logger("agent.policy")
 
@@ -73,7 +73,7 @@ __all__ = [
 
 def default_policy_path() -> Path:
     """The shipped `policies/default.yaml` (next to the `agent` package: checkout or editable install)."""
-    return Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
+    return Path(__file__).resolve().parents[2] / "policies" / "default.yaml"
 
 
 # -- resolve: policy x device state -> constraints for the controller --------------------------------

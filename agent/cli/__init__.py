@@ -1,0 +1,1 @@
+"""agent.cli: see agent/__init__.py."""

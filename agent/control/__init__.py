@@ -1,0 +1,1 @@
+"""agent.control: see agent/__init__.py."""

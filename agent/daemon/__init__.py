@@ -1,0 +1,1 @@
+"""agent.daemon: see agent/__init__.py."""

@@ -1,0 +1,1 @@
+"""agent.policy: see agent/__init__.py."""

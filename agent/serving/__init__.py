@@ -1,0 +1,1 @@
+"""agent.serving: see agent/__init__.py."""

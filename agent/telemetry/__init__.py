@@ -1,0 +1,1 @@
+"""agent.telemetry: see agent/__init__.py."""

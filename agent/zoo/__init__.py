@@ -1,0 +1,1 @@
+"""agent.zoo: see agent/__init__.py."""
