@@ -10,9 +10,11 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from agent.errors import AgentError
-from agent.paths import default_socket
-from agent.zoo.sessions import default_zoo_dir
+from agent.errors import AgentError, validation_message
+from agent.paths import default_socket, default_zoo_dir
+
+#: Settings a reload (SIGHUP, `systemctl reload`) applies at once; the others need a restart.
+LIVE_SETTINGS = frozenset({"admin_uids", "request_log_sample", "log_level"})
 
 
 def _cores() -> int:
@@ -113,7 +115,5 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     try:
         return Settings(**values)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
         source = f"{config_file}: " if config_file else ""
-        raise AgentError(f"{source}invalid setting {where}: {first['msg']}") from exc
+        raise AgentError(f"{source}invalid setting {validation_message(exc)}") from exc

@@ -32,9 +32,11 @@ from PIL import Image
 
 from agent.cli.launch import running_daemon
 from agent.client import Client
-from agent.serving.codec import image_to_input, load_pixels, open_image
+from agent.paths import default_zoo_dir
+from agent.serving.codec import load_pixels, open_image
 from agent.settings import Settings
-from agent.zoo.sessions import SessionSettings, default_zoo_dir, open_zoo
+from agent.zoo.preprocess import image_to_input
+from agent.zoo.sessions import SessionSettings, open_zoo
 from bench.common import header, md_table, write_results
 from bench.lean_client import LeanClient
 from model_zoo import data

@@ -8,7 +8,7 @@ runs pin one configuration; the edge-agent run lets the controller choose. Each 
 3 s of the same load unrecorded, so "idle" is the daemon's steady state. The oracle takes,
 per phase, the most accurate static configuration allowed by the policy there that met the
 SLO (its phase p95 under the SLO). Reaction time: from a step until the rolling p95 of the
-phase's last 20 requests is back under the SLO (agent/scenario.py); a later stretch over the
+phase's last 20 requests is back under the SLO (agent/cli/scenario.py); a later stretch over the
 SLO in the same phase is no reaction to the step and is listed apart ("over again").
 Writes bench/results/slo.{json,md} and slo_timeline.png, slo_bars.png.
 
@@ -35,10 +35,11 @@ from agent.cli.scenario import (
     summarize,
 )
 from agent.client import Client
-from agent.policy.store import load_policy, resolve
+from agent.control.rules import resolve
+from agent.paths import default_zoo_dir
+from agent.policy.loader import load_policy
 from agent.telemetry.snapshot import Snapshot
 from agent.zoo.manifest import load_manifest
-from agent.zoo.sessions import default_zoo_dir
 from bench.common import RESULTS, header, md_table, write_results
 
 

@@ -121,14 +121,14 @@ class SoakRun:
     switcher: Switcher
     reloader: Reloader
     fds_at_rest: dict[str, tuple[int, int]]  # before / after: (all, sockets)
-    switches_counted: float | None  # the daemon's own config_switches_total over the soak
+    switches_counted: float | None  # the daemon's own edge_agent_config_switches_total over the soak
     status_after: dict[str, Any]
 
 
 def switches_total(client: Client) -> float | None:
-    """The daemon's `config_switches_total` counter, from /metrics."""
+    """The daemon's `edge_agent_config_switches_total` counter, from /metrics."""
     for line in client.metrics().splitlines():
-        if line.startswith("config_switches_total "):
+        if line.startswith("edge_agent_config_switches_total "):
             return float(line.split()[1])
     return None
 

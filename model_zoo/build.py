@@ -16,8 +16,9 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.values import BUDGETS
 from agent.zoo.evaluation import accuracy, batch_inputs, correct_mask, profile_variants, time_runs
-from agent.zoo.manifest import BUDGETS, AccuracyPoint, BuildInfo, Manifest, Variant
+from agent.zoo.manifest import AccuracyPoint, BuildInfo, Manifest, Variant
 from agent.zoo.sessions import LoadedVariant, SessionSettings, describe_onnx, open_variant
 from agent.zoo.stats import mcnemar_exact, wilson_interval
 from model_zoo import data

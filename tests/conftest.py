@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.zoo.sessions import default_zoo_dir
+from agent.paths import default_zoo_dir
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.control.controller import MIN_SAMPLES, ControllerState, Observed, Option, decide
-from agent.policy.store import parse_policy
-from agent.serving.runner import Config
+from agent.policy.loader import parse_policy
 from agent.telemetry.snapshot import Snapshot
+from agent.values import Config
 
 NOON = dt.time(12, 0)
 OPTIONS = [

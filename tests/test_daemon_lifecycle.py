@@ -22,6 +22,8 @@ from agent.client import Client, ClientError
 from model_zoo import data
 from tests.daemon import REPO, DaemonProcess
 
+pytestmark = pytest.mark.daemon  # every test here talks to a daemon subprocess
+
 
 def test_ready_only_after_models_load_then_watchdog_pings(tmp_path: Path, sample_png: Path) -> None:
     d = DaemonProcess(tmp_path, env={"WATCHDOG_USEC": "200000"}).start()

@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from agent.errors import ZooError
-from agent.serving.codec import image_to_input
-from agent.zoo.manifest import BUDGETS, keep_count, load_manifest
+from agent.values import BUDGETS
+from agent.zoo.manifest import keep_count, load_manifest
+from agent.zoo.preprocess import image_to_input
 from agent.zoo.sessions import SessionSettings, describe_onnx, open_variant, open_zoo, resolve_file, softmax, verify_zoo
 from model_zoo import data
 

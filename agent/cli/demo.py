@@ -25,7 +25,8 @@ from agent.cli.scenario import (
     summarize,
 )
 from agent.client import Client
-from agent.policy.store import default_policy_path, load_policy
+from agent.paths import default_policy_path
+from agent.policy.loader import load_policy
 
 console = Console()
 

@@ -13,7 +13,8 @@ import typer
 
 from agent.client import Client, ClientError
 from agent.errors import AgentError
-from agent.policy.store import Policy, PolicyError, load_policy, policy_warnings
+from agent.policy.loader import PolicyError, load_policy
+from agent.policy.schema import Policy, policy_warnings
 
 app = typer.Typer(help="The operator policy file: schema, validation, reload.", no_args_is_help=True)
 
@@ -27,8 +28,8 @@ def schema() -> None:
 def _zoo_variants(zoo: Path | None) -> list[str] | None:
     """Variant names of the zoo to check names against; None when there is no readable manifest."""
     from agent.errors import AgentError
-    from agent.zoo.manifest import load_manifest
-    from agent.zoo.sessions import MANIFEST_NAME, default_zoo_dir
+    from agent.paths import default_zoo_dir
+    from agent.zoo.manifest import MANIFEST_NAME, load_manifest
 
     manifest = (zoo or default_zoo_dir()) / MANIFEST_NAME
     if not manifest.is_file():
@@ -103,9 +104,9 @@ def simulate(
     from agent.control.controller import options_from_manifest
     from agent.control.simulate import plot, summary
     from agent.control.simulate import simulate as run_simulation
+    from agent.paths import default_zoo_dir
     from agent.telemetry.formats import read_trace
-    from agent.zoo.manifest import latency_table, load_manifest
-    from agent.zoo.sessions import MANIFEST_NAME, default_zoo_dir
+    from agent.zoo.manifest import MANIFEST_NAME, latency_table, load_manifest
 
     console = Console(width=max(Console().width, 120))
     try:

@@ -77,8 +77,8 @@ def _rendered(unit: UnitFile, templates: Path) -> str:
 
 
 def _config_text() -> str:
-    from agent.settings import Settings  # pulls in onnxruntime (via agent.zoo): load it only when needed
-    from agent.zoo.sessions import default_zoo_dir
+    from agent.paths import default_zoo_dir
+    from agent.settings import Settings
 
     return render_config(Settings.model_fields, {"socket": str(UNIT_SOCKET_PATH), "zoo": str(default_zoo_dir())})
 

@@ -15,6 +15,7 @@ import yaml
 
 from agent.errors import AgentError
 from agent.paths import SOCKET_NAME
+from agent.settings import LIVE_SETTINGS
 
 EXEC_PLACEHOLDER = "@EXEC@"
 ENTRY_POINT = "edge-agent"
@@ -61,7 +62,6 @@ _UNIT_NOTES = {
     "zoo": "Default: the model_zoo installed with the package. Must be readable by user edge-agent.",
     "drain_timeout_s": "Keep below the unit's TimeoutStopSec=30s, or raise that in a drop-in too.",
 }
-_LIVE = {"admin_uids", "request_log_sample", "log_level"}  # what `systemctl reload` applies (agent/daemon.py)
 
 
 def unit_file(template: str) -> UnitFile:
@@ -148,7 +148,7 @@ def render_config(fields: Mapping[str, Any], computed: Mapping[str, Any]) -> str
     lines = [
         "# edge-agent daemon settings (YAML). Every key is optional: uncomment one to change it.",
         "# EDGE_AGENT_<KEY> environment variables (Environment= in a drop-in) win over this file.",
-        f"# `systemctl reload edge-agent` applies {', '.join(sorted(_LIVE))};",
+        f"# `systemctl reload edge-agent` applies {', '.join(sorted(LIVE_SETTINGS))};",
         "# the others need `systemctl restart edge-agent`.",
     ]
     for name, info in fields.items():

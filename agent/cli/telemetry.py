@@ -17,7 +17,7 @@ from agent.client import Client, ClientError
 from agent.daemon.logs import configure_logging
 from agent.paths import default_socket
 from agent.telemetry.formats import observed_from_status, trace_line
-from agent.telemetry.sources import PsutilSource
+from agent.telemetry.psutil_reader import PsutilSource
 
 app = typer.Typer(help="Device telemetry: CPU, temperature, battery, power.", no_args_is_help=True)
 console = Console()

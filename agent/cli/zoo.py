@@ -13,9 +13,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from agent.errors import ZooError
-from agent.paths import device_profile_path
-from agent.zoo.manifest import BUDGETS, DeviceProfile, ProfiledVariant, load_manifest
-from agent.zoo.sessions import MANIFEST_NAME, SessionSettings, default_zoo_dir, open_zoo, verify_zoo
+from agent.paths import default_zoo_dir, device_profile_path
+from agent.values import BUDGETS
+from agent.zoo.manifest import MANIFEST_NAME, DeviceProfile, ProfiledVariant, load_manifest
 from agent.zoo.stats import format_p
 
 app = typer.Typer(help="The model zoo: variants, manifest, build and profile.", no_args_is_help=True)
@@ -89,6 +89,8 @@ def info(zoo: ZooOpt = default_zoo_dir()) -> None:
 def verify(zoo: ZooOpt = default_zoo_dir()) -> None:
     """Check every variant's SHA-256 and that onnxruntime loads it; exit 1 if any fails."""
     try:
+        from agent.zoo.sessions import verify_zoo  # onnxruntime: only for the commands that run models
+
         results = verify_zoo(zoo)
     except ZooError as exc:
         _fail(exc.message)
@@ -107,6 +109,7 @@ def evaluate(
 ) -> None:
     """Accuracy of every variant x budget on the synthetic split, run through onnxruntime."""
     from agent.zoo.evaluation import accuracy, batch_inputs
+    from agent.zoo.sessions import SessionSettings, open_zoo
     from model_zoo import data
 
     loaded = open_zoo(zoo, SessionSettings(intra_threads=2))
@@ -134,6 +137,7 @@ def profile(
 ) -> None:
     """Measure this device's latency table; the daemon prefers it over the shipped profile."""
     from agent.zoo.evaluation import profile_variants
+    from agent.zoo.sessions import SessionSettings, open_zoo
 
     out = out or device_profile_path()
     by_threads = {}
@@ -211,7 +215,8 @@ def run(
     """Classify images in process with each variant (no daemon, no torch needed)."""
     from PIL import Image
 
-    from agent.serving.codec import image_to_input
+    from agent.zoo.preprocess import image_to_input
+    from agent.zoo.sessions import SessionSettings, open_zoo
 
     loaded = open_zoo(zoo, SessionSettings(intra_threads=2), names=variant)
     for name, reason in loaded.failures.items():

@@ -1,5 +1,5 @@
 """The latency-SLO controller: a pure function from (policy, telemetry, observed latency,
-profiled latency table, previous state, now) to (decision, new state).
+profiled latency table, previous state, now, local time of day) to (decision, new state).
 
 It estimates how much slower the device runs now than when it was profiled (observed /
 profiled latency of the configuration in force, smoothed by an EWMA), predicts every allowed
@@ -16,9 +16,10 @@ import datetime as dt
 import math
 from dataclasses import dataclass, field, replace
 
-from agent.policy.store import Constraints, Policy, resolve
-from agent.serving.runner import Config
+from agent.control.rules import Constraints, resolve
+from agent.policy.schema import Policy
 from agent.telemetry.snapshot import Snapshot
+from agent.values import Config
 from agent.zoo.manifest import LatencyProfile, Manifest
 
 #: Fewest samples of the configuration in force before its latency updates the slowdown.
@@ -108,37 +109,82 @@ def decide(
     options: list[Option],
     state: ControllerState,
     now: float,
-    local_time: dt.time | None = None,
+    local_time: dt.time,
 ) -> tuple[Decision, ControllerState]:
-    """One controller step. `options` must be non-empty; `now` is seconds on any clock."""
-    local = local_time if local_time is not None else dt.datetime.fromtimestamp(snapshot.time).time()
-    c = resolve(policy, snapshot, local)
+    """One controller step. `options` must be non-empty; `now` is seconds on any clock and
+    `local_time` the time of day the policy's time windows are read against (the caller's)."""
+    c = resolve(policy, snapshot, local_time)
     by_config = {o.config: o for o in options}
     current = state.config if state.config in by_config else None
+    slowdown = _slowdown(state.slowdown, observed, current, by_config)
+    plan = _plan(c, options, slowdown)
+    base = replace(state, slowdown=slowdown)
+    if current is None or current not in plan.predicted:
+        why = "start" if state.config is None else f"{state.config} is not allowed or not available now"
+        return plan.decision(
+            plan.target.config,
+            True,
+            f"{why}: {plan.why_target}",
+            replace(base, config=plan.target.config, last_switch_at=now, better_since=None),
+        )
+    return _step(plan, observed, by_config[current], base, now)
 
-    # 1. Slowdown: how much slower than profiled the configuration in force runs now.
-    slowdown = state.slowdown
-    if current is not None and observed.config == current and observed.count >= MIN_SAMPLES and observed.percentile_ms:
-        ratio = observed.percentile_ms / by_config[current].profiled_ms
-        slowdown = (1 - ALPHA) * slowdown + ALPHA * ratio
-        slowdown = min(max(slowdown, SLOWDOWN_RANGE[0]), SLOWDOWN_RANGE[1])
 
-    # 2. What the policy allows right now, and what each is predicted to take.
+def _slowdown(previous: float, observed: Observed, current: Config | None, by_config: dict[Config, Option]) -> float:
+    """How much slower than profiled the configuration in force runs now (EWMA, bounded)."""
+    if current is None or observed.config != current or observed.count < MIN_SAMPLES or not observed.percentile_ms:
+        return previous
+    ratio = observed.percentile_ms / by_config[current].profiled_ms
+    slowdown = (1 - ALPHA) * previous + ALPHA * ratio
+    return min(max(slowdown, SLOWDOWN_RANGE[0]), SLOWDOWN_RANGE[1])
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the policy allows right now, each option's predicted latency and the best target."""
+
+    c: Constraints
+    slowdown: float
+    predicted: dict[Config, float]
+    feasible: bool
+    target: Option
+    why_target: str
+
+    def rank(self, o: Option) -> tuple[float, float]:
+        return (o.accuracy, -self.predicted[o.config])
+
+    def decision(
+        self, config: Config, switch: bool, reason: str, new_state: ControllerState
+    ) -> tuple[Decision, ControllerState]:
+        c = self.c
+        rules = f" [rules: {', '.join(c.rules)}]" if c.rules else ""
+        notes = f" ({'; '.join(c.notes)})" if c.notes else ""
+        decision = Decision(
+            config,
+            switch,
+            reason + rules + notes,
+            c.slo_ms,
+            c.percentile,
+            c.headroom,
+            self.predicted.get(config, math.nan),
+            self.slowdown,
+            self.feasible,
+            c.rules,
+            {str(k): round(v, 3) for k, v in self.predicted.items()},
+        )
+        return decision, new_state
+
+
+def _plan(c: Constraints, options: list[Option], slowdown: float) -> _Plan:
     allowed = [o for o in options if _allowed(o.config, c)]
     if not allowed:  # the rules leave nothing that is loaded: fall back to every option
         allowed = list(options)
     bound = c.headroom * c.slo_ms
     predicted = {o.config: o.profiled_ms * slowdown for o in allowed}
     feasible = [o for o in allowed if predicted[o.config] <= bound]
-    rules = f" [rules: {', '.join(c.rules)}]" if c.rules else ""
-    notes = f" ({'; '.join(c.notes)})" if c.notes else ""
-
-    def rank(o: Option) -> tuple[float, float]:
-        return (o.accuracy, -predicted[o.config])
-
     if feasible:
         preferred = [o for o in feasible if c.prefer and o.config.variant == c.prefer]
-        target = max(preferred or feasible, key=rank)
+        target = max(preferred or feasible, key=lambda o: (o.accuracy, -predicted[o.config]))
         why_target = (
             f"{target.config} predicted {_ms(predicted[target.config])} <= {c.headroom:g} x SLO {_ms(c.slo_ms)}, "
             f"{'preferred variant' if preferred else 'most accurate feasible'} "
@@ -150,35 +196,15 @@ def decide(
             f"nothing is predicted under {c.headroom:g} x SLO {_ms(c.slo_ms)}: cheapest {target.config} "
             f"predicted {_ms(predicted[target.config])}"
         )
+    return _Plan(c, slowdown, predicted, bool(feasible), target, why_target)
 
-    def decision(
-        config: Config, switch: bool, reason: str, new_state: ControllerState
-    ) -> tuple[Decision, ControllerState]:
-        p = predicted.get(config, by_config[config].profiled_ms * slowdown if config in by_config else math.nan)
-        return Decision(
-            config,
-            switch,
-            reason + rules + notes,
-            c.slo_ms,
-            c.percentile,
-            c.headroom,
-            p,
-            slowdown,
-            bool(feasible),
-            c.rules,
-            {str(k): round(v, 3) for k, v in predicted.items()},
-        ), new_state
 
-    base = replace(state, slowdown=slowdown)
-    if current is None or current not in predicted:
-        why = "start" if state.config is None else f"{state.config} is not allowed or not available now"
-        return decision(
-            target.config,
-            True,
-            f"{why}: {why_target}",
-            replace(base, config=target.config, last_switch_at=now, better_since=None),
-        )
-
+def _step(
+    plan: _Plan, observed: Observed, cur: Option, base: ControllerState, now: float
+) -> tuple[Decision, ControllerState]:
+    """From an allowed configuration in force: step down at once, keep, or step up after the dwell."""
+    c, predicted, target, slowdown = plan.c, plan.predicted, plan.target, plan.slowdown
+    current, bound = cur.config, c.headroom * c.slo_ms
     violated = (
         observed.config == current
         and observed.percentile_ms is not None
@@ -192,33 +218,31 @@ def decide(
             if violated
             else f"{current} predicted {_ms(predicted[current])} > {c.headroom:g} x SLO {_ms(c.slo_ms)}"
         )
-        return decision(
+        return plan.decision(
             target.config,
             True,
-            f"step down, {what} (slowdown {slowdown:.2f}x): {why_target}",
+            f"step down, {what} (slowdown {slowdown:.2f}x): {plan.why_target}",
             replace(base, config=target.config, last_switch_at=now, better_since=None),
         )
-
-    cur = by_config[current]
-    better = target.config != current and rank(target) > rank(cur) and predicted[target.config] <= bound
+    better = target.config != current and plan.rank(target) > plan.rank(cur) and predicted[target.config] <= bound
     if not better:
-        return decision(
+        return plan.decision(
             current,
             False,
             f"keep {current}: predicted {_ms(predicted[current])}, slowdown {slowdown:.2f}x",
             replace(base, better_since=None),
         )
-    since = state.better_since if state.better_since is not None else now
+    since = base.better_since if base.better_since is not None else now
     dwell = max(c.dwell_s, c.min_switch_interval_s)
-    waited = now - max(since, state.last_switch_at)
+    waited = now - max(since, base.last_switch_at)
     if waited >= dwell:
-        return decision(
+        return plan.decision(
             target.config,
             True,
-            f"step up after {waited:.1f} s >= dwell {dwell:g} s: {why_target}",
+            f"step up after {waited:.1f} s >= dwell {dwell:g} s: {plan.why_target}",
             replace(base, config=target.config, last_switch_at=now, better_since=None),
         )
-    return decision(
+    return plan.decision(
         current,
         False,
         f"keep {current}: {target.config} feasible for {waited:.1f} s of dwell {dwell:g} s",

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.control.controller import ControllerState, Decision, Observed, Option, decide
-from agent.policy.store import Policy
-from agent.serving.runner import Config
+from agent.policy.schema import Policy
 from agent.telemetry.formats import TraceEntry
+from agent.values import Config
 
 
 @dataclass(frozen=True)

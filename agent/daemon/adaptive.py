@@ -3,11 +3,12 @@
 Owns the policy in force (with last-good reload), the telemetry source and the controller's
 state; the daemon registers its methods as scheduler jobs. All decisions go through the pure
 `controller.decide`, the same function `policy simulate` replays. Variants that are out of
-service or unhealthy (`agent.health`) are left out of the controller's choice.
+service or unhealthy (`agent.serving.health`) are left out of the controller's choice.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections import deque
 from collections.abc import Callable
@@ -19,13 +20,14 @@ import structlog
 
 from agent.control.controller import ControllerState, Decision, Observed, Option, decide, options_from_manifest
 from agent.errors import ZooError
-from agent.paths import device_profile_path
-from agent.policy.store import PolicyStore, ReloadResult, default_policy_path
+from agent.paths import default_policy_path, device_profile_path
+from agent.policy.store import PolicyStore, ReloadResult
 from agent.serving.health import OUT_OF_SERVICE, HealthCollector, Unavailable
 from agent.serving.metrics import Metrics
-from agent.serving.runner import Config, Runner
+from agent.serving.runner import Runner
 from agent.telemetry.snapshot import Snapshot
 from agent.telemetry.sources import TelemetrySource
+from agent.values import Config
 from agent.zoo.manifest import latency_table, load_device_profile
 from agent.zoo.sessions import recheck_files
 
@@ -46,7 +48,9 @@ class AdaptiveLoop:
         self.telemetry = telemetry
         self.metrics = metrics
         self.ort_threads = ort_threads
-        self.store = PolicyStore(policy_path or default_policy_path(), on_failure=[self._policy_failed])
+        self.store = PolicyStore(
+            policy_path or default_policy_path(), on_failure=[self._policy_failed], clock=time.time
+        )
         self.snapshot = Snapshot(time=time.time())
         self.state = ControllerState(config=runner.current, last_switch_at=time.monotonic())
         self.last: Decision | None = None
@@ -93,10 +97,14 @@ class AdaptiveLoop:
         return result
 
     def recheck_zoo(self) -> dict[str, str]:
-        """On reload: hash every variant's file again. One that changed or vanished goes out of
-        service (the configuration moves off it at once), one found restored comes back.
-        Returns the variants out of service and why."""
-        for name, problem in recheck_files(self.runner.zoo).items():
+        """Hash every variant's file again and apply what was found (`apply_recheck`)."""
+        return self.apply_recheck(recheck_files(self.runner.zoo))
+
+    def apply_recheck(self, files: dict[str, str | None]) -> dict[str, str]:
+        """On reload, with each variant's file checked again (None: it matches the manifest): one
+        that changed or vanished goes out of service (the configuration moves off it at once),
+        one found restored comes back. Returns the variants out of service and why."""
+        for name, problem in files.items():
             if problem is None:
                 self.runner.restore(name)
             else:
@@ -136,7 +144,10 @@ class AdaptiveLoop:
         if self.state.config != current:  # a pin or an admin switch moved it: follow the truth
             self.state = ControllerState(config=current, slowdown=self.state.slowdown, last_switch_at=now)
         p, count = self.runner.window.percentile(now, policy.slo.percentile, policy.slo.window_s, current)
-        decision, self.state = decide(policy, self.snapshot, Observed(current, p, count), options, self.state, now)
+        local = dt.datetime.fromtimestamp(self.snapshot.time).time()  # the gateway's time zone, for time_between rules
+        decision, self.state = decide(
+            policy, self.snapshot, Observed(current, p, count), options, self.state, now, local
+        )
         away = unavailable.get(current.variant)
         if decision.switch and away is not None and decision.config.variant != current.variant:
             decision = replace(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import resource
 import signal
@@ -28,18 +27,22 @@ from prometheus_client import Counter
 from agent.daemon import sdnotify
 from agent.daemon.adaptive import AdaptiveLoop
 from agent.daemon.logs import configure_logging
+from agent.daemon.pin_file import load_pin, save_pin
 from agent.errors import AgentError
 from agent.paths import state_dir
-from agent.serving.app import AppState, create_app
+from agent.policy.store import ReloadResult
+from agent.serving.app import create_app
 from agent.serving.codec import MMAP_THRESHOLD_BYTES, fix_mmap_threshold
 from agent.serving.listener import bind_unix, remove_socket, socket_identity, systemd_socket
 from agent.serving.metrics import Metrics
 from agent.serving.priority import BASE_NICE, set_thread_nice
 from agent.serving.protocol import ConnectionLimits, RequestLimit, protocol_class
-from agent.serving.runner import Config, Pin, Runner, Switch
-from agent.settings import Settings, load_settings
+from agent.serving.runner import Runner
+from agent.serving.state import AppState
+from agent.settings import LIVE_SETTINGS, Settings, load_settings
 from agent.telemetry.sources import GuardedSource, make_source
-from agent.zoo.sessions import SessionSettings, open_zoo
+from agent.values import Config, Switch
+from agent.zoo.sessions import SessionSettings, open_zoo, recheck_files
 
 log = structlog.get_logger(__name__)
 
@@ -80,6 +83,8 @@ class Daemon:
         self.state: AppState | None = None
         self.adaptive: AdaptiveLoop | None = None
         self._stop_signal: int | None = None
+        self._reload_requested = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
 
     # -- start ------------------------------------------------------------------------------
 
@@ -134,75 +139,75 @@ class Daemon:
         return (self.settings.state_dir or state_dir()) / "pin.json"
 
     def _save_pin(self) -> None:
-        if self.state is None:
-            return
-        pin = self.state.runner.pin_state
-        path = self._pin_file()
-        try:
-            if pin is None:
-                path.unlink(missing_ok=True)
-                return
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"config": str(pin.config), "until": pin.until, "reason": pin.reason}))
-            tmp.replace(path)
-        except OSError as exc:
-            log.warning("pin_not_saved", path=str(path), error=str(exc))
+        if self.state is not None:
+            save_pin(self._pin_file(), self.state.runner.pin_state)
 
     def _restore_pin(self, runner: Runner) -> None:
-        path = self._pin_file()
-        try:
-            saved = json.loads(path.read_text())
-            pin = Pin(Config.parse(saved["config"]), float(saved["until"]), str(saved["reason"]))
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError, KeyError, TypeError, AgentError) as exc:
-            log.warning("pin_file_invalid", path=str(path), error=str(exc))
-            return
-        if pin.until > time.time():
+        pin = load_pin(self._pin_file())
+        if pin is not None and pin.until > time.time():
             runner.restore_pin(pin)
             log.info("pin_restored", config=str(pin.config), until=pin.until)
 
     # -- reload (SIGHUP, POST /v1/policy/reload) ------------------------------------------------------
 
-    def reload(self) -> dict[str, Any]:
+    async def reload(self) -> dict[str, Any]:
         """SIGHUP and POST /v1/policy/reload: re-read the policy (last good kept on error), check
         the zoo's files against the manifest again (a changed or vanished one goes out of service)
-        and re-read the config file (settings that need a restart are reported, not applied)."""
-        sdnotify.reloading()
+        and re-read the config file (settings that need a restart are reported, not applied).
+        Reading and hashing run in a thread, so requests are served meanwhile; the results are
+        applied on the event loop. Reloads run one at a time."""
+        async with self._reload_lock:
+            sdnotify.reloading()
+            loop = asyncio.get_running_loop()
+            found = await loop.run_in_executor(None, self._read_for_reload)
+            return self._apply_reload(*found)
+
+    def _read_for_reload(self) -> tuple[ReloadResult | None, dict[str, str | None], Settings | AgentError]:
+        """The slow part of a reload, off the loop: the policy file, the zoo's hashes, the config."""
+        policy = self.adaptive.reload_policy("reload requested") if self.adaptive is not None else None
+        files = recheck_files(self.state.runner.zoo) if self.state is not None else {}
+        try:
+            fresh: Settings | AgentError = load_settings(self.config_file, **self.overrides)
+        except AgentError as exc:
+            fresh = exc
+        return policy, files, fresh
+
+    def _apply_reload(
+        self, policy: ReloadResult | None, files: dict[str, str | None], fresh: Settings | AgentError
+    ) -> dict[str, Any]:
         answer: dict[str, Any] = {"reloaded": True}
-        if self.adaptive is not None:
-            result = self.adaptive.reload_policy("reload requested")
-            answer["reloaded"] = result.ok
+        if self.adaptive is not None and policy is not None:
+            answer["reloaded"] = policy.ok
             answer["policy"] = self.adaptive.store.status()
-            if not result.ok:
-                answer["error"] = result.error
+            if not policy.ok:
+                answer["error"] = policy.error
                 if self.state:
-                    self.state.last_error = result.error
-            retired = self.adaptive.recheck_zoo()
+                    self.state.last_error = policy.error
+            retired = self.adaptive.apply_recheck(files)
             answer["out_of_service"] = retired
             if retired and self.state:
                 self.state.last_error = "; ".join(retired.values())
-        try:
-            fresh = load_settings(self.config_file, **self.overrides)
-        except AgentError as exc:
-            log.error("config_reload_failed", error=exc.message)
-            answer.update(reloaded=False, config_error=exc.message)
+        if isinstance(fresh, AgentError):
+            log.error("config_reload_failed", error=fresh.message)
+            answer.update(reloaded=False, config_error=fresh.message)
         else:
-            old = self.settings.model_dump()
-            changed = sorted(k for k, v in fresh.model_dump().items() if v != old.get(k))
-            live = {"admin_uids", "request_log_sample", "log_level"}
-            for key in changed:
-                if key in live:
-                    setattr(self.settings, key, getattr(fresh, key))
-            answer["config_changed"] = changed
-            answer["need_restart"] = [k for k in changed if k not in live]
-            log.info("config_reloaded", changed=changed, need_restart=answer["need_restart"])
+            answer.update(self._apply_settings(fresh))
         current = self.state.runner.current if self.state else ""
         sdnotify.notify(
             "READY=1", f"STATUS=serving {current}" + ("" if answer["reloaded"] else " (last reload failed)")
         )
         return answer
+
+    def _apply_settings(self, fresh: Settings) -> dict[str, Any]:
+        """Apply the settings that can change live; report the others as needing a restart."""
+        old = self.settings.model_dump()
+        changed = sorted(k for k, v in fresh.model_dump().items() if v != old.get(k))
+        for key in changed:
+            if key in LIVE_SETTINGS:
+                setattr(self.settings, key, getattr(fresh, key))
+        need_restart = [k for k in changed if k not in LIVE_SETTINGS]
+        log.info("config_reloaded", changed=changed, need_restart=need_restart)
+        return {"config_changed": changed, "need_restart": need_restart}
 
     # -- run ------------------------------------------------------------------------------------------
 
@@ -215,7 +220,7 @@ class Daemon:
 
     def _on_signal(self, signum: int) -> None:
         if signum == signal.SIGHUP:
-            self.reload()
+            self._reload_requested.set()  # the reloader task does the work
             return
         if self.server is None:
             return
@@ -275,15 +280,27 @@ class Daemon:
         for job_id, func, seconds in self._jobs():
             scheduler.add_job(func, "interval", seconds=seconds, id=job_id, max_instances=1, coalesce=True)
         scheduler.start()
+        reloader = asyncio.create_task(self._reloader())
         try:
             assert self.server is not None
             await self.server.serve(sockets=[sock])
         finally:
+            reloader.cancel()
             scheduler.shutdown(wait=False)
+
+    async def _reloader(self) -> None:
+        """Runs a reload each time SIGHUP has set the flag (several signals meanwhile: one reload)."""
+        while True:
+            await self._reload_requested.wait()
+            self._reload_requested.clear()
+            try:
+                await self.reload()
+            except Exception:
+                log.exception("reload_failed")
 
     def _uvicorn_config(self, state: AppState) -> uvicorn.Config:
         """The requests handled at once are bounded here rather than by uvicorn's
-        limit_concurrency, which also counts idle connections (see agent/connections.py)."""
+        limit_concurrency, which also counts idle connections (see agent/serving/protocol.py)."""
         s = self.settings
         limits = ConnectionLimits(
             idle_s=s.idle_timeout_s,

@@ -8,14 +8,15 @@ Schema of `Policy` is published by `edge-agent policy schema` for editors.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from agent.values import BUDGETS
+
 #: Policy file versions this build understands; a newer file is refused, not half-read.
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
-#: The token budgets the zoo is built and profiled for (see agent.manifest.BUDGETS).
-DEFAULT_BUDGETS: tuple[float, ...] = (1.0, 0.7, 0.5, 0.35, 0.25)
 
 VARIANT_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 RULE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.:-]*$"
@@ -63,7 +64,7 @@ class Allowed(_Strict):
         default=None, min_length=1, max_length=64, description="Allowed variants; omit for every loaded variant"
     )
     budgets: list[Budget] = Field(
-        default=list(DEFAULT_BUDGETS), min_length=1, max_length=32, description="Allowed token budgets"
+        default=list(BUDGETS), min_length=1, max_length=32, description="Allowed token budgets"
     )
 
     @field_validator("budgets")
@@ -181,3 +182,29 @@ FALLBACK_POLICY = Policy(
     slo=Slo(percentile=95, latency_ms=25, window_s=5, headroom=0.85),
     hysteresis=Hysteresis(dwell_s=5, min_switch_interval_s=1),
 )
+
+
+def policy_warnings(policy: Policy, known_variants: Iterable[str] | None = None) -> list[str]:
+    """Legal but probably unintended: names not in the zoo, budgets the zoo is not profiled
+    for, a rule whose variants can never meet the base allow list. Not errors: a policy may be
+    written for a zoo other than the one at hand."""
+    warnings = []
+    if known_variants is not None:
+        known = set(known_variants)
+        for name in sorted(policy.variant_names() - known):
+            warnings.append(f"variant {name!r} is not in the zoo ({', '.join(sorted(known))})")
+    for budget in policy.allowed.budgets:
+        if not any(abs(budget - b) < 1e-9 for b in BUDGETS):
+            warnings.append(
+                f"budget {budget:g} is not one the zoo is profiled for ({', '.join(f'{b:g}' for b in BUDGETS)})"
+            )
+    base = set(policy.allowed.variants) if policy.allowed.variants else None
+    for rule in policy.rules:
+        own = set(rule.then.allow_variants or ())
+        if base is not None and own and not own & base:
+            warnings.append(
+                f"rule {rule.name!r}: allow_variants shares nothing with allowed.variants; it replaces them"
+            )
+        if rule.then.prefer and own and rule.then.prefer not in own:
+            warnings.append(f"rule {rule.name!r}: prefers {rule.then.prefer!r}, which its allow_variants excludes")
+    return warnings

@@ -1,4 +1,6 @@
-"""Bytes <-> tensors: decode images and .npy bodies, and fit any image to a variant's input."""
+"""Bytes <-> tensors: the media types the API accepts, and decoding of image and .npy bodies.
+
+Fitting a decoded image to a variant's input is the zoo's (`agent.zoo.preprocess`)."""
 
 from __future__ import annotations
 
@@ -14,14 +16,18 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 
-from agent.errors import BadInput, InvalidTensor
+from agent.errors import BadInput, InvalidTensor, UnsupportedMediaType
+from agent.serving.api import V2Tensor
 
+#: Content-Types a classify request may carry: an image, or a float32 .npy tensor.
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/jpg", "image/bmp", "image/tiff", "image/webp"})
+NPY_TYPES = frozenset({"application/x-npy", "application/npy", "application/octet-stream"})
+#: The image formats decoded, the ones IMAGE_TYPES name. Pillow would otherwise open any of
+#: its ~40 formats, EPS among them, which runs Ghostscript on the body when it is installed.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
 #: Refuse images that would decode to more pixels than this (decompression bombs).
 MAX_PIXELS = 40_000_000
-#: The formats the API accepts (IMAGE_TYPES in the server). Pillow would otherwise open any of
-#: its ~40 formats, EPS among them, which runs Ghostscript on the body when it is installed.
 NPY_MAX_HEADER = 10_000  # bytes of .npy header parsed (numpy's own default limit)
-IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
 #: After an image this large, freed memory is handed back to the OS (see `release`).
 TRIM_PIXELS = 1_000_000
 
@@ -41,6 +47,21 @@ _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 256 * 1024
 
 
+def media_type(content_type: str) -> str:
+    """The bare media type of a Content-Type header: `image/png; q=1` -> `image/png`."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def check_media_type(content_type: str) -> str:
+    """The body's media type, refused (415) unless it is one a classify request may carry."""
+    kind = media_type(content_type)
+    if kind not in IMAGE_TYPES and kind not in NPY_TYPES:
+        raise UnsupportedMediaType(
+            f"Content-Type {kind or '(none)'!r} is not supported; send image/png, image/jpeg or application/x-npy"
+        )
+    return kind
+
+
 def fix_mmap_threshold() -> bool:
     """Keep glibc's mmap threshold at MMAP_THRESHOLD_BYTES for the daemon's life. By default
     glibc raises it to the size of each large block freed (up to 32 MB), after which bodies
@@ -51,35 +72,6 @@ def fix_mmap_threshold() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
-
-
-def to_rgb8(image: Image.Image) -> Image.Image:
-    """Any mode (L, LA, La, P, RGBA, I;16, I, F, CMYK) to 8-bit RGB; alpha is composited on black."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.array(image, dtype=np.float32)  # one float32 copy, scaled in place: 4 bytes a pixel, not 24
-        if image.mode.startswith("I;16"):
-            arr /= 257.0
-        elif arr.size and arr.max() > 255:
-            arr *= 255.0 / arr.max()
-        image = Image.fromarray(np.clip(arr, 0, 255, out=arr).astype(np.uint8), mode="L")
-    if image.mode == "La":  # grey with premultiplied alpha (TIFF): Pillow converts it to LA only
-        image = image.convert("LA")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
-
-
-def image_to_input(image: Image.Image | NDArray[np.uint8], size: int) -> NDArray[np.float32]:
-    """An image of any size and mode as a (1, 3, size, size) float32 tensor in [0, 1]."""
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    rgb = to_rgb8(image)
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-    arr = np.asarray(rgb, dtype=np.float32) * (1.0 / 255.0)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1)[None])
 
 
 def decode_npy(body: bytes) -> NDArray[np.float32]:
@@ -175,17 +167,6 @@ def load_pixels(image: Image.Image) -> Image.Image:
     raise BadInput(error)
 
 
-def tensor_to_input(arr: NDArray[np.float32], size: int) -> NDArray[np.float32]:
-    """A (1, 3, H, W) float tensor resized to (1, 3, size, size) when its size differs."""
-    if arr.shape[-1] == size and arr.shape[-2] == size:
-        return arr
-    channels = [
-        np.asarray(Image.fromarray(np.ascontiguousarray(c), mode="F").resize((size, size), Image.Resampling.BILINEAR))
-        for c in arr[0]
-    ]
-    return np.stack(channels)[None].astype(np.float32)
-
-
 def check_image_tensor(arr: NDArray[np.float32], max_side: int = 4096) -> NDArray[np.float32]:
     """A client tensor as (1, 3, H, W): shape (3, H, W) or (1, 3, H, W), finite values."""
     if arr.ndim == 3:
@@ -197,6 +178,50 @@ def check_image_tensor(arr: NDArray[np.float32], max_side: int = 4096) -> NDArra
         or not (1 <= arr.shape[2] <= max_side and 1 <= arr.shape[3] <= max_side)
     ):
         raise InvalidTensor(f"expected a float32 tensor of shape (3, H, W) or (1, 3, H, W), got {tuple(arr.shape)}")
+    return np.ascontiguousarray(_finite(arr))
+
+
+def _finite(arr: NDArray[np.float32]) -> NDArray[np.float32]:
     if not np.isfinite(arr).all():
         raise InvalidTensor("tensor contains NaN or infinity")
-    return np.ascontiguousarray(arr)
+    return arr
+
+
+def split_v2_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """(JSON part, binary part) of a v2 request: with the binary tensor extension the JSON is
+    the first Inference-Header-Content-Length bytes and the tensors' bytes follow."""
+    if header_length is None:
+        return body, b""
+    try:
+        split = int(header_length)
+    except ValueError:
+        raise BadInput("invalid Inference-Header-Content-Length") from None
+    if not 0 < split <= len(body):
+        raise BadInput("Inference-Header-Content-Length is outside the body")
+    return body[:split], body[split:]
+
+
+def decode_v2_tensor(tensor: V2Tensor, binary: bytes, size: int) -> NDArray[np.float32]:
+    """A v2 input tensor as (1, 3, size, size) float32: FP32, that shape, from its JSON `data`
+    or from the binary part (`parameters.binary_data_size`), finite values."""
+    if tensor.datatype != "FP32":
+        raise InvalidTensor(f"input {tensor.name!r}: datatype must be FP32, got {tensor.datatype}")
+    shape = [1, 3, size, size]
+    if tensor.shape != shape:
+        raise InvalidTensor(f"input {tensor.name!r}: shape must be {shape}, got {tensor.shape}")
+    count = 3 * size * size
+    binary_size = (tensor.parameters or {}).get("binary_data_size")
+    if binary_size is not None:
+        if type(binary_size) is not int or binary_size != 4 * count or len(binary) < binary_size:
+            raise InvalidTensor(
+                f"input {tensor.name!r}: binary_data_size {binary_size} does not match shape (needs {4 * count})"
+            )
+        arr = np.frombuffer(binary[:binary_size], dtype="<f4").reshape(shape)
+    else:
+        try:
+            arr = np.asarray(tensor.data, dtype=np.float32).reshape(shape)
+        except (ValueError, TypeError):
+            raise InvalidTensor(
+                f"input {tensor.name!r}: data does not hold {count} numbers for shape {shape}"
+            ) from None
+    return _finite(np.array(arr, dtype=np.float32))

@@ -28,7 +28,7 @@ class Metrics:
         )
         self.shed = Counter("edge_agent_shed_total", "Requests refused with 503", ["reason"], registry=r)
         self.inflight = Gauge("edge_agent_inflight_requests", "Admitted requests not yet finished", registry=r)
-        self.switches = Counter("config_switches_total", "Configuration switches", registry=r)
+        self.switches = Counter("edge_agent_config_switches_total", "Configuration switches", registry=r)
         self.config = Gauge(
             "edge_agent_config_info", "The configuration in force (1)", ["variant", "budget"], registry=r
         )
@@ -37,12 +37,14 @@ class Metrics:
         self.errors = Counter("edge_agent_errors_total", "Errors answered, by code", ["code"], registry=r)
         self.ready = Gauge("edge_agent_ready", "1 when serving, 0 while starting or draining", registry=r)
         self.policy_reload_failures = Counter(
-            "policy_reload_failures_total", "Policy files refused (last good kept)", registry=r
+            "edge_agent_policy_reload_failures_total", "Policy files refused (last good kept)", registry=r
         )
-        self.attainment = Gauge("slo_attainment", "Share of requests within the SLO over the policy window", registry=r)
-        self.slo_ms = Gauge("slo_latency_ms", "The latency SLO in force, ms", registry=r)
+        self.attainment = Gauge(
+            "edge_agent_slo_attainment", "Share of requests within the SLO over the policy window", registry=r
+        )
+        self.slo_ms = Gauge("edge_agent_slo_latency_ms", "The latency SLO in force, ms", registry=r)
         self.slowdown = Gauge(
-            "controller_slowdown", "Observed / profiled latency of the configuration in force", registry=r
+            "edge_agent_controller_slowdown", "Observed / profiled latency of the configuration in force", registry=r
         )
         self.telemetry = Gauge("edge_agent_telemetry", "Latest telemetry reading", ["field"], registry=r)
 

@@ -22,12 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
-import orjson
 import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from agent.serving.app import error_response
+from agent.serving.envelope import error_body, error_response
 
 log = structlog.get_logger(__name__)
 
@@ -163,7 +162,7 @@ class AgentProtocol(HttpToolsProtocol):
 
     def _send_error(self, status: int, reason: str, code: str, message: str) -> None:
         """A JSON error written straight to the transport: the request never reached the app."""
-        body = orjson.dumps({"error": {"code": code, "message": message}})
+        body = error_body(code, message)
         head = [f"HTTP/1.1 {status} {reason}\r\n".encode()]
         head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
         head += [

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agent.errors import AgentError
+from agent.errors import AgentError, validation_message
 from agent.telemetry.snapshot import Snapshot
 
 Percent = Annotated[float, Field(ge=0, le=100)]
@@ -85,12 +85,6 @@ class InvalidOverride(ValueError):
     """The override file cannot be used; the message says why, one line."""
 
 
-def _first_error(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    return f"{where}: {first['msg']}" if where else first["msg"]
-
-
 def parse_override(raw: bytes) -> dict[str, Any]:
     """The keys an override file sets, as Snapshot field values; raises InvalidOverride."""
     if len(raw) > MAX_OVERRIDE_BYTES:
@@ -98,7 +92,7 @@ def parse_override(raw: bytes) -> dict[str, Any]:
     try:
         model = OverrideFile.model_validate_json(raw)
     except ValidationError as exc:
-        raise InvalidOverride(_first_error(exc)) from None
+        raise InvalidOverride(validation_message(exc)) from None
     return model.model_dump(exclude_unset=True, exclude={"time"})
 
 
@@ -122,7 +116,7 @@ def read_trace(path: Path) -> list[TraceEntry]:
         try:
             entries.append(parse_trace_line(line))
         except ValidationError as exc:
-            raise AgentError(f"{path}:{lineno}: invalid trace line: {_first_error(exc)}") from None
+            raise AgentError(f"{path}:{lineno}: invalid trace line: {validation_message(exc)}") from None
     if not entries:
         raise AgentError(f"{path}: the trace has no entries")
     return sorted(entries, key=lambda e: e.snapshot.time)

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import numpy as np
 from numpy.typing import NDArray
 
-from agent.serving.codec import image_to_input
 from agent.zoo.manifest import LatencyPoint, LatencyProfile
+from agent.zoo.preprocess import image_to_input
 from agent.zoo.sessions import LoadedVariant
 
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agent.errors import ZooError
+from agent.errors import ZooError, validation_message
+from agent.values import BUDGETS
 
-BUDGETS: tuple[float, ...] = (1.0, 0.7, 0.5, 0.35, 0.25)
+MANIFEST_NAME = "manifest.json"
 
 
 class _Strict(BaseModel):
@@ -129,9 +130,7 @@ def load_manifest(path: Path) -> Manifest:
     try:
         return Manifest.model_validate_json(text)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(root)"
-        raise ZooError(f"{path}: invalid manifest at {where}: {first['msg']}") from exc
+        raise ZooError(f"{path}: invalid manifest at {validation_message(exc, '(root)')}") from exc
 
 
 class ProfiledVariant(_Strict):

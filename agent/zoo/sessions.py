@@ -13,20 +13,13 @@ import structlog
 from numpy.typing import NDArray
 
 from agent.errors import InferenceFailed, ZooError
-from agent.zoo.manifest import Manifest, TensorSpec, Variant, keep_count, load_manifest
+from agent.zoo.manifest import MANIFEST_NAME, Manifest, TensorSpec, Variant, keep_count, load_manifest
 
 log = structlog.get_logger(__name__)
 
 # A gateway daemon phones nowhere: onnxruntime's usage telemetry stays off.
 if hasattr(ort, "disable_telemetry_events"):
     ort.disable_telemetry_events()
-
-MANIFEST_NAME = "manifest.json"
-
-
-def default_zoo_dir() -> Path:
-    """The shipped zoo: `model_zoo/` next to the `agent` package (checkout or editable install)."""
-    return Path(__file__).resolve().parents[2] / "model_zoo"
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from bench import fuzz_payloads as p
-from bench.fuzz_schema import Target
-from bench.fuzz_wire import Case, http_request, path_segment
+from tests.fuzz import payloads as p
+from tests.fuzz.schema import Target
+from tests.fuzz.wire import Case, http_request, path_segment
 
 IMAGE_TYPES = ["image/png", "image/jpeg", "image/bmp", "image/tiff", "image/webp"]
 NPY = "application/x-npy"

@@ -13,11 +13,11 @@ import numpy as np
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from bench import fuzz_payloads as p
-from bench.fuzz_hostile import NPY, classify, infer, payload_cases
-from bench.fuzz_raw import raw_cases
-from bench.fuzz_schema import Target, discover, schema_cases, tensor_npy
-from bench.fuzz_wire import Case
+from tests.fuzz import payloads as p
+from tests.fuzz.hostile import NPY, classify, infer, payload_cases
+from tests.fuzz.raw import raw_cases
+from tests.fuzz.schema import Target, discover, schema_cases, tensor_npy
+from tests.fuzz.wire import Case
 
 __all__ = ["CATEGORIES", "Target", "catalogue", "discover", "generate", "normal_request", "strategies", "tensor_case"]
 

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from agent.serving.api import PinRequest, V2InferRequest
 from agent.zoo.manifest import load_manifest
-from bench.fuzz_payloads import IMAGE_KINDS, npy_array, sample_image
-from bench.fuzz_wire import Case, http_request, path_segment
+from tests.fuzz.payloads import IMAGE_KINDS, npy_array, sample_image
+from tests.fuzz.wire import Case, http_request, path_segment
 
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
 #: Routes that read a raw JSON body, so FastAPI's schema has no requestBody for them.

@@ -8,8 +8,8 @@ import random
 
 from hypothesis import strategies as st
 
-from bench.fuzz_payloads import sample_image
-from bench.fuzz_wire import Case, http_request
+from tests.fuzz.payloads import sample_image
+from tests.fuzz.wire import Case, http_request
 
 CHEAP_TARGETS = [
     "/v2/health/live",
