@@ -1,8 +1,9 @@
 """What the daemon adds over calling onnxruntime in process, on the same input.
 
 Latency: a socket round trip (`.npy` body and PNG body) against the same `full@1.0` call made
-in this process, interleaved call by call, with two clients: agent.client (httpx) and a lean
-client (the standard library's http.client, close to what a compiled camera application pays).
+in this process, interleaved call by call, with two clients: agent.client (httpcore; labelled
+"httpx" in the results) and a lean client (the standard library's http.client, close to what a
+compiled camera application pays).
 The answer's own queue + compute time also splits each round trip into the daemon's model
 time and everything else. A floor stands beside the daemon: bench/floor_server.py, the thinnest
 Python server around the same model call (uvloop + httptools, no framework), measured with the

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from agent.client import Client, ClientError
+from agent.client import Client, ClientError, DaemonUnreachable
 
 console = Console()
 SocketOpt = Annotated[
@@ -30,11 +30,9 @@ def _run(fn):  # type: ignore[no-untyped-def]
     except ClientError as exc:
         console.print(f"[red]error {exc.status} {exc.code}:[/red] {exc.message}")
         raise typer.Exit(1) from None
-    except Exception as exc:  # httpx transport errors: say what to do
-        if type(exc).__module__.startswith("httpx"):
-            console.print(f"[red]cannot reach the daemon:[/red] {exc}. Is `edge-agent serve` running on this socket?")
-            raise typer.Exit(1) from None
-        raise
+    except DaemonUnreachable as exc:  # say what to do
+        console.print(f"[red]cannot reach the daemon:[/red] {exc}. Is `edge-agent serve` running on this socket?")
+        raise typer.Exit(1) from None
 
 
 def serve(

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from agent.client import Client, ClientError
+from agent.client import Client, ClientError, DaemonUnreachable
 from agent.errors import AgentError
 from agent.policy.loader import PolicyError, load_policy
 from agent.policy.schema import Policy, policy_warnings
@@ -79,11 +79,9 @@ def reload(
     except ClientError as exc:
         typer.echo(f"error {exc.status} {exc.code}: {exc.message}", err=True)
         raise typer.Exit(1) from None
-    except Exception as exc:  # httpx transport errors: say what to do, no traceback
-        if type(exc).__module__.startswith("httpx"):
-            typer.echo(f"cannot reach the daemon: {exc}. Is `edge-agent serve` running on this socket?", err=True)
-            raise typer.Exit(1) from None
-        raise
+    except DaemonUnreachable as exc:  # say what to do, no traceback
+        typer.echo(f"cannot reach the daemon: {exc}. Is `edge-agent serve` running on this socket?", err=True)
+        raise typer.Exit(1) from None
     typer.echo(json.dumps(answer, indent=2))
     if answer.get("ok") is False or answer.get("reloaded") is False:
         raise typer.Exit(1)

@@ -7,13 +7,12 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from agent.client import Client, ClientError
+from agent.client import Client, ClientError, DaemonUnreachable
 from agent.daemon.logs import configure_logging
 from agent.paths import default_socket
 from agent.telemetry.formats import observed_from_status, trace_line
@@ -73,7 +72,7 @@ def _observed(client: Client) -> dict[str, Any] | None:
     """The daemon's configuration and latency window, or None when no daemon answers."""
     try:
         return observed_from_status(client.status())
-    except (httpx.HTTPError, ClientError, ValueError, KeyError, TypeError):
+    except (DaemonUnreachable, ClientError, ValueError, KeyError, TypeError):
         return None
 
 
