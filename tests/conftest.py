@@ -10,6 +10,13 @@ from agent.paths import default_zoo_dir
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the `daemon` fixture belongs to the `daemon` group, marked or not."""
+    for item in items:
+        if "daemon" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.daemon)
+
+
 @pytest.fixture(scope="session")
 def shipped_zoo() -> Path:
     return default_zoo_dir()

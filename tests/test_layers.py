@@ -60,6 +60,14 @@ def test_policy_validate_loads_no_onnxruntime() -> None:
     assert loaded_after(run_cli("policy", "validate", str(REPO / "policies" / "default.yaml"))) == []
 
 
+def test_policy_simulate_loads_no_onnxruntime() -> None:
+    trace = REPO / "policies" / "traces" / "contention-2core.jsonl"
+    assert (
+        loaded_after(run_cli("policy", "simulate", str(REPO / "policies" / "default.yaml"), "--trace", str(trace)))
+        == []
+    )
+
+
 def test_the_controller_reads_no_clock() -> None:
     """Time is an argument: the controller and the rules call no now(), time() or fromtimestamp()."""
     for path in ("agent/control/controller.py", "agent/control/rules.py"):
