@@ -1,7 +1,7 @@
 """A small client for the daemon's Unix-socket API.
 
-It speaks HTTP through httpcore, the transport layer under httpx, on one kept-alive
-connection: httpx's own request and response models, URL handling and hooks cost about a
+It speaks HTTP through httpcore, the transport layer under httpx, on kept-alive
+connections: httpx's own request and response models, URL handling and hooks cost about a
 millisecond of Python per request, more than the daemon's whole serving path. Answers are
 parsed with orjson.
 """
@@ -45,13 +45,13 @@ class DaemonUnreachable(ConnectionError):
 
 
 class Client:
-    """The daemon's API as methods; one connection, kept alive and reopened when the daemon
-    has closed it. Not thread-safe: one Client per thread."""
+    """The daemon's API as methods. Connections are kept alive and reopened when the daemon
+    has closed one; calls from several threads at once each get their own connection."""
 
     def __init__(self, socket: Path | None = None, timeout: float = 30.0) -> None:
         self.socket = socket or default_socket()
         self.timeout = timeout
-        self._pool = httpcore.ConnectionPool(uds=str(self.socket), max_connections=1)
+        self._pool = httpcore.ConnectionPool(uds=str(self.socket), max_connections=100, max_keepalive_connections=20)
         self._extensions = {"timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}}
 
     def __enter__(self) -> Client:

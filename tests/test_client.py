@@ -7,6 +7,7 @@ import json
 import socketserver
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,13 @@ def test_the_connection_is_kept_and_reopened_once_the_server_closed_it(
         client._pool.request("GET", "http://edge-agent/x", headers=[(b"X-Close", b"1")])  # the server hangs up silently
         assert client.status()["ok"] and client.ready()
     assert [s["method"] for s in seen][:3] == ["GET", "POST", "DELETE"]
+
+
+def test_calls_from_several_threads_at_once_are_all_answered(served: tuple[Path, list[dict[str, Any]]]) -> None:
+    path, seen = served
+    with Client(path) as client, ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: client.status(), range(16)))
+    assert all(a["ok"] for a in answers) and len(seen) == 16
 
 
 def test_nobody_listening_is_daemon_unreachable(tmp_path: Path) -> None:
