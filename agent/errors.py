@@ -1,6 +1,10 @@
-"""One error hierarchy: each error has a stable code and the HTTP status it maps to."""
+"""One error hierarchy: each error has a stable code and the HTTP status it maps to; and the
+one formatter of a pydantic ValidationError. A leaf: no framework import at run time."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 
 class AgentError(Exception):
@@ -70,3 +74,25 @@ class InferenceFailed(AgentError):
 
     code = "inference_failed"
     status = 500
+
+
+class InvalidRequest(AgentError):
+    """A request body or query that does not match its schema (a pin, a v2 request's fields)."""
+
+    code = "invalid_request"
+    status = 422
+
+
+class _Invalid(Protocol):
+    def errors(self) -> Sequence[Any]: ...
+
+
+def validation_message(exc: _Invalid, root: str = "") -> str:
+    """A pydantic ValidationError (or FastAPI's RequestValidationError) as one line, `loc: msg`,
+    for its first error; `root` names an empty loc."""
+    errors = exc.errors()
+    if not errors:
+        return f"{root or '(root)'}: invalid"
+    first = errors[0]
+    where = ".".join(str(part) for part in first.get("loc", ())) or root
+    return f"{where}: {first.get('msg')}" if where else str(first.get("msg"))

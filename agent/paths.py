@@ -1,5 +1,8 @@
-"""Where the daemon keeps its socket and state: systemd's directories when run as a
-service, `./run` and `./state` in a checkout."""
+"""Where things are: the socket and state (systemd's directories when run as a service,
+`./run` and `./state` in a checkout), the shipped zoo and the shipped default policy.
+
+A leaf: standard library only, so settings and every CLI command can name a default path
+without importing what lives there (the zoo would pull in onnxruntime)."""
 
 from __future__ import annotations
 
@@ -30,3 +33,13 @@ def default_socket() -> Path:
 
 def device_profile_path() -> Path:
     return state_dir() / DEVICE_PROFILE_NAME
+
+
+def default_zoo_dir() -> Path:
+    """The shipped zoo: `model_zoo/` next to the `agent` package (checkout or editable install)."""
+    return Path(__file__).resolve().parent.parent / "model_zoo"
+
+
+def default_policy_path() -> Path:
+    """The shipped `policies/default.yaml` (next to the `agent` package: checkout or editable install)."""
+    return Path(__file__).resolve().parent.parent / "policies" / "default.yaml"

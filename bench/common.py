@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.evaluation import machine_description
+from agent.zoo.evaluation import machine_description
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

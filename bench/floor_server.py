@@ -20,9 +20,10 @@ import httptools
 import orjson
 import uvloop
 
-from agent.codec import check_image_tensor, decode_npy
-from agent.config import Settings
-from agent.zoo import LoadedVariant, SessionSettings, default_zoo_dir, open_zoo
+from agent.paths import default_zoo_dir
+from agent.serving.codec import check_image_tensor, decode_npy
+from agent.settings import Settings
+from agent.zoo.sessions import LoadedVariant, SessionSettings, open_zoo
 
 
 class FloorProtocol(asyncio.Protocol):

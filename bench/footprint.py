@@ -10,8 +10,8 @@ import time
 
 import psutil
 
+from agent.cli.launch import running_daemon
 from agent.client import Client
-from agent.launch import running_daemon
 from bench.common import header, md_table, write_results
 
 

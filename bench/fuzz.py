@@ -24,10 +24,10 @@ from typing import Any
 import httpx
 import psutil
 
-from agent.launch import running_daemon
+from agent.cli.launch import running_daemon
 from bench.common import header, md_table, write_results
-from bench.fuzz_cases import CATEGORIES, catalogue, discover, generate, normal_request, strategies, tensor_case
-from bench.fuzz_wire import FAILURES, NO_ANSWER, OK, PARSER_REJECTED, SHED, Case, Outcome, health, run_case
+from tests.fuzz.cases import CATEGORIES, catalogue, discover, generate, normal_request, strategies, tensor_case
+from tests.fuzz.wire import FAILURES, NO_ANSWER, OK, PARSER_REJECTED, SHED, Case, Outcome, health, run_case
 
 RSS_LIMIT_MB = 20.0
 SHARES = {"schema": 0.4, "raw": 0.3, "payload": 0.3}

@@ -1,9 +1,8 @@
 """A lean HTTP/1.1 client over the Unix socket (the standard library's http.client).
 
-agent.client (httpx) spends about a millisecond of Python per 200 KB request on its own
-side; a camera application written in C, Go or Rust pays a small fraction of that. The
-benchmarks measure the daemon with both, so that the daemon's own overhead is not hidden
-behind the client's.
+A camera application written in C, Go or Rust pays a small fraction of what a Python client
+spends per request; the benchmarks measure the daemon with this one beside agent.client, so
+that the daemon's own overhead is not hidden behind the client's.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ import psutil
 from PIL import Image
 
 from agent.client import Client
-from agent.codec import image_to_input
+from agent.zoo.preprocess import image_to_input
 from model_zoo import data
 
 CLASSIFY = "/v1/classify"

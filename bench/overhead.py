@@ -1,8 +1,9 @@
 """What the daemon adds over calling onnxruntime in process, on the same input.
 
 Latency: a socket round trip (`.npy` body and PNG body) against the same `full@1.0` call made
-in this process, interleaved call by call, with two clients: agent.client (httpx) and a lean
-client (the standard library's http.client, close to what a compiled camera application pays).
+in this process, interleaved call by call, with two clients: agent.client (httpcore; labelled
+"httpx" in the results) and a lean client (the standard library's http.client, close to what a
+compiled camera application pays).
 The answer's own queue + compute time also splits each round trip into the daemon's model
 time and everything else. A floor stands beside the daemon: bench/floor_server.py, the thinnest
 Python server around the same model call (uvloop + httptools, no framework), measured with the
@@ -30,11 +31,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from agent.cli.launch import running_daemon
 from agent.client import Client
-from agent.codec import image_to_input, load_pixels, open_image
-from agent.config import Settings
-from agent.launch import running_daemon
-from agent.zoo import SessionSettings, default_zoo_dir, open_zoo
+from agent.paths import default_zoo_dir
+from agent.serving.codec import load_pixels, open_image
+from agent.settings import Settings
+from agent.zoo.preprocess import image_to_input
+from agent.zoo.sessions import SessionSettings, open_zoo
 from bench.common import header, md_table, write_results
 from bench.lean_client import LeanClient
 from model_zoo import data

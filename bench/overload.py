@@ -45,9 +45,9 @@ from typing import Any
 import psutil
 import uvloop
 
+from agent.cli.launch import running_daemon
 from agent.client import Client
-from agent.launch import running_daemon
-from agent.priority import BASE_NICE, set_thread_nice
+from agent.serving.priority import BASE_NICE, set_thread_nice
 from bench.common import RESULTS, header, md_table, write_results
 from bench.loadgen import (
     CLASSIFY,

@@ -8,7 +8,7 @@ runs pin one configuration; the edge-agent run lets the controller choose. Each 
 3 s of the same load unrecorded, so "idle" is the daemon's steady state. The oracle takes,
 per phase, the most accurate static configuration allowed by the policy there that met the
 SLO (its phase p95 under the SLO). Reaction time: from a step until the rolling p95 of the
-phase's last 20 requests is back under the SLO (agent/scenario.py); a later stretch over the
+phase's last 20 requests is back under the SLO (agent/cli/scenario.py); a later stretch over the
 SLO in the same phase is no reaction to the step and is listed apart ("over again").
 Writes bench/results/slo.{json,md} and slo_timeline.png, slo_bars.png.
 
@@ -24,11 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.client import Client
-from agent.launch import running_daemon
-from agent.manifest import load_manifest
-from agent.policy import load_policy, resolve
-from agent.scenario import (
+from agent.cli.launch import running_daemon
+from agent.cli.scenario import (
     default_schedule,
     injected_telemetry_env,
     labelled_pngs,
@@ -37,8 +34,12 @@ from agent.scenario import (
     run_schedule,
     summarize,
 )
-from agent.snapshot import Snapshot
-from agent.zoo import default_zoo_dir
+from agent.client import Client
+from agent.control.rules import resolve
+from agent.paths import default_zoo_dir
+from agent.policy.loader import load_policy
+from agent.telemetry.snapshot import Snapshot
+from agent.zoo.manifest import load_manifest
 from bench.common import RESULTS, header, md_table, write_results
 
 

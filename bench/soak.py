@@ -32,12 +32,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 import uvloop
 
-from agent.client import Client, ClientError
-from agent.launch import running_daemon
+from agent.cli.launch import running_daemon
+from agent.client import Client, ClientError, DaemonUnreachable
 from bench.common import RESULTS, header, md_table, write_results
 from bench.loadgen import (
     Shot,
@@ -84,7 +83,7 @@ class Switcher:
                 self.last = self.rng.choice([c for c in self.configs if c != self.last])
                 await asyncio.to_thread(self.client.pin, self.last, self.hold_s, "soak bench")
                 self.pins += 1
-        except (ClientError, httpx.HTTPError) as exc:
+        except (ClientError, DaemonUnreachable) as exc:
             self.errors.append(f"step {self.step}: {exc}")
 
 
@@ -108,7 +107,7 @@ class Reloader:
             self.posts += 1
             if not answer.get("reloaded"):
                 self.errors.append(f"reload {len(self.times)}: {answer}")
-        except (ClientError, httpx.HTTPError) as exc:
+        except (ClientError, DaemonUnreachable) as exc:
             self.errors.append(f"reload {len(self.times)}: {exc}")
 
 
@@ -121,14 +120,14 @@ class SoakRun:
     switcher: Switcher
     reloader: Reloader
     fds_at_rest: dict[str, tuple[int, int]]  # before / after: (all, sockets)
-    switches_counted: float | None  # the daemon's own config_switches_total over the soak
+    switches_counted: float | None  # the daemon's own edge_agent_config_switches_total over the soak
     status_after: dict[str, Any]
 
 
 def switches_total(client: Client) -> float | None:
-    """The daemon's `config_switches_total` counter, from /metrics."""
+    """The daemon's `edge_agent_config_switches_total` counter, from /metrics."""
     for line in client.metrics().splitlines():
-        if line.startswith("config_switches_total "):
+        if line.startswith("edge_agent_config_switches_total "):
             return float(line.split()[1])
     return None
 

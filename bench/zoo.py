@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from agent.accuracy_stats import format_p, mcnemar_exact, wilson_interval
-from agent.evaluation import batch_inputs, correct_mask
-from agent.manifest import load_manifest
-from agent.zoo import MANIFEST_NAME, SessionSettings, Zoo, default_zoo_dir, open_zoo
+from agent.paths import default_zoo_dir
+from agent.zoo.evaluation import batch_inputs, correct_mask
+from agent.zoo.manifest import MANIFEST_NAME, load_manifest
+from agent.zoo.sessions import SessionSettings, Zoo, open_zoo
+from agent.zoo.stats import format_p, mcnemar_exact, wilson_interval
 from bench.common import RESULTS, header, md_table, write_results
 from model_zoo import data
 

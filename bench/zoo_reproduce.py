@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.manifest import Manifest, load_manifest
-from agent.zoo import MANIFEST_NAME, default_zoo_dir
+from agent.paths import default_zoo_dir
+from agent.zoo.manifest import MANIFEST_NAME, Manifest, load_manifest
 from bench.common import header, md_table, write_results
 
 TOLERANCE_PT = 0.5

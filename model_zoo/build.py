@@ -16,10 +16,11 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.accuracy_stats import mcnemar_exact, wilson_interval
-from agent.evaluation import accuracy, batch_inputs, correct_mask, profile_variants, time_runs
-from agent.manifest import BUDGETS, AccuracyPoint, BuildInfo, Manifest, Variant
-from agent.zoo import LoadedVariant, SessionSettings, describe_onnx, open_variant
+from agent.values import BUDGETS
+from agent.zoo.evaluation import accuracy, batch_inputs, correct_mask, profile_variants, time_runs
+from agent.zoo.manifest import AccuracyPoint, BuildInfo, Manifest, Variant
+from agent.zoo.sessions import LoadedVariant, SessionSettings, describe_onnx, open_variant
+from agent.zoo.stats import mcnemar_exact, wilson_interval
 from model_zoo import data
 from model_zoo.export import CANDIDATES, export_onnx, quantize
 from model_zoo.model import ModelSpec, TokenBudgetViT

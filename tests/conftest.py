@@ -5,9 +5,16 @@ from pathlib import Path
 
 import pytest
 
-from agent.zoo import default_zoo_dir
+from agent.paths import default_zoo_dir
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the `daemon` fixture belongs to the `daemon` group, marked or not."""
+    for item in items:
+        if "daemon" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.daemon)
 
 
 @pytest.fixture(scope="session")

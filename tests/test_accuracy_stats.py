@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from agent.accuracy_stats import format_p, mcnemar_exact, wilson_interval
+from agent.zoo.stats import format_p, mcnemar_exact, wilson_interval
 
 
 def test_wilson_interval_matches_the_closed_form_and_stays_in_0_1() -> None:

@@ -35,6 +35,7 @@ def no_torch(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"PYTHONPATH": f"{blocked}{os.pathsep}{REPO}"}
 
 
+@pytest.mark.daemon
 def test_zoo_info_and_verify_without_torch(no_torch: dict[str, str]) -> None:
     info = cli("zoo", "info", env=no_torch)
     assert info.returncode == 0, info.stderr
@@ -45,6 +46,7 @@ def test_zoo_info_and_verify_without_torch(no_torch: dict[str, str]) -> None:
     assert verify.stdout.count("ok") >= 4
 
 
+@pytest.mark.daemon
 def test_classify_an_image_with_every_variant_without_torch(no_torch: dict[str, str], tmp_path: Path) -> None:
     [png] = [p for p in data.write_samples(tmp_path, "test", 1) if p.name.startswith("scratch")]
     result = cli("zoo", "run", str(png), env=no_torch)
@@ -54,12 +56,14 @@ def test_classify_an_image_with_every_variant_without_torch(no_torch: dict[str, 
     assert all("scratch" in row.split(png.name, 1)[1] for row in rows[:1])
 
 
+@pytest.mark.daemon
 def test_zoo_build_without_torch_says_what_to_install(no_torch: dict[str, str], tmp_path: Path) -> None:
     result = cli("zoo", "build", "--out", str(tmp_path), env=no_torch)
     assert result.returncode == 1
     assert "pip install -e '.[train]'" in result.stdout
 
 
+@pytest.mark.daemon
 def test_verify_fails_on_a_damaged_zoo(zoo_copy: Path) -> None:
     (zoo_copy / "pruned.onnx").write_bytes(b"broken")
     result = cli("zoo", "verify", "--zoo", str(zoo_copy))
@@ -67,6 +71,7 @@ def test_verify_fails_on_a_damaged_zoo(zoo_copy: Path) -> None:
     assert "FAIL pruned" in result.stdout and "ok   full" in result.stdout
 
 
+@pytest.mark.daemon
 def test_whole_build_pipeline_on_a_tiny_config(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     out = tmp_path / "zoo"
@@ -78,12 +83,13 @@ def test_whole_build_pipeline_on_a_tiny_config(tmp_path: Path) -> None:
     assert verify.returncode == 0, verify.stdout
     profile = cli("zoo", "profile", "--zoo", str(out), "--out", str(tmp_path / "device.json"), "--runs", "3")
     assert profile.returncode == 0, profile.stdout + profile.stderr
-    from agent.manifest import DeviceProfile
+    from agent.zoo.manifest import DeviceProfile
 
     device = DeviceProfile.model_validate_json((tmp_path / "device.json").read_text())
     assert set(device.variants) == names
 
 
+@pytest.mark.daemon  # not a daemon, but as slow: a torch build
 def test_same_seed_rebuilds_the_same_fp32_models(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     from model_zoo.build import build, load_config

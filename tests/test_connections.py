@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterator
 import pytest
 from PIL import Image
 
-from agent.config import load_settings
-from agent.daemon import raise_fd_limit
+from agent.daemon.lifecycle import raise_fd_limit
 from agent.errors import AgentError
+from agent.settings import load_settings
 from model_zoo import data
 from tests.daemon import DaemonProcess
 
@@ -106,6 +106,7 @@ def timeouts(daemon: DaemonProcess, phase: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+@pytest.mark.daemon
 def test_slowloris_headers_get_408_within_the_header_timeout_while_others_are_served(
     daemon: DaemonProcess, png: bytes
 ) -> None:
@@ -150,6 +151,7 @@ def test_slowloris_headers_get_408_within_the_header_timeout_while_others_are_se
     assert timeouts(daemon, "headers") >= 1
 
 
+@pytest.mark.daemon
 def test_headers_past_the_size_bound_get_431_and_the_connection_is_closed(daemon: DaemonProcess, png: bytes) -> None:
     conn = connect(daemon)
     answer = b""
@@ -173,6 +175,7 @@ def test_headers_past_the_size_bound_get_431_and_the_connection_is_closed(daemon
     assert_classifies(daemon, png)
 
 
+@pytest.mark.daemon
 def test_a_thousand_idle_connections_lock_no_one_out_and_are_closed_after_the_idle_timeout(
     daemon: DaemonProcess, png: bytes
 ) -> None:
@@ -203,6 +206,7 @@ def test_a_thousand_idle_connections_lock_no_one_out_and_are_closed_after_the_id
     assert_classifies(daemon, png)
 
 
+@pytest.mark.daemon
 def test_a_body_that_stalls_gets_408_within_the_body_timeout_and_holds_no_slot(
     daemon: DaemonProcess, png: bytes
 ) -> None:
@@ -222,6 +226,7 @@ def test_a_body_that_stalls_gets_408_within_the_body_timeout_and_holds_no_slot(
     assert_classifies(daemon, png)
 
 
+@pytest.mark.daemon
 def test_requests_past_the_limit_get_a_json_503_and_stalled_ones_free_their_slots(
     daemon: DaemonProcess, png: bytes
 ) -> None:
@@ -250,6 +255,7 @@ def test_requests_past_the_limit_get_a_json_503_and_stalled_ones_free_their_slot
     assert_classifies(daemon, png)
 
 
+@pytest.mark.daemon
 def test_clients_gone_before_their_answer_leak_no_work_or_queue_slot(daemon: DaemonProcess, png: bytes) -> None:
     conns = [connect(daemon) for _ in range(20)]
     try:
@@ -264,6 +270,7 @@ def test_clients_gone_before_their_answer_leak_no_work_or_queue_slot(daemon: Dae
     assert_classifies(daemon, png)
 
 
+@pytest.mark.daemon
 def test_clients_gone_mid_body_leak_no_work_or_queue_slot(daemon: DaemonProcess, png: bytes) -> None:
     for _ in range(10):
         with connect(daemon) as conn:
@@ -273,6 +280,7 @@ def test_clients_gone_mid_body_leak_no_work_or_queue_slot(daemon: DaemonProcess,
     assert '"request_failed"' not in daemon.log()
 
 
+@pytest.mark.daemon
 def test_a_kept_alive_connection_answers_pipelined_requests_then_closes_when_idle(
     daemon: DaemonProcess, png: bytes
 ) -> None:

@@ -7,10 +7,10 @@ import datetime as dt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.controller import MIN_SAMPLES, ControllerState, Observed, Option, decide
-from agent.policy import parse_policy
-from agent.runner import Config
-from agent.snapshot import Snapshot
+from agent.control.controller import MIN_SAMPLES, ControllerState, Observed, Option, decide
+from agent.policy.loader import parse_policy
+from agent.telemetry.snapshot import Snapshot
+from agent.values import Config
 
 NOON = dt.time(12, 0)
 OPTIONS = [

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from agent.cli.scenario import injected_telemetry_env
 from agent.client import ClientError
-from agent.controller import Option, options_from_manifest
-from agent.manifest import latency_table, load_manifest
-from agent.scenario import injected_telemetry_env
-from agent.zoo import default_zoo_dir
+from agent.control.controller import Option, options_from_manifest
+from agent.paths import default_zoo_dir
+from agent.zoo.manifest import latency_table, load_manifest
 from model_zoo import data
 from tests.daemon import REPO, DaemonProcess, eventually
+
+pytestmark = pytest.mark.daemon  # every test here talks to a daemon subprocess
 
 BROKEN = sorted((REPO / "tests" / "policies_broken").iterdir())
 
@@ -110,7 +112,7 @@ def test_broken_edits_are_refused_and_the_last_good_policy_stays(policy_daemon: 
         assert st["policy"]["failures"] >= failures + len(files)
         assert st["last_error"]
         metrics = c.metrics()
-    line = next(line for line in metrics.splitlines() if line.startswith("policy_reload_failures_total"))
+    line = next(line for line in metrics.splitlines() if line.startswith("edge_agent_policy_reload_failures_total"))
     assert float(line.split()[-1]) >= len(files)
     d.policy_path.write_text(good)  # type: ignore[attr-defined]
     with d.client() as c:

@@ -16,6 +16,8 @@ from PIL import Image
 from agent.client import ClientError
 from model_zoo import data
 
+pytestmark = pytest.mark.daemon  # every test here talks to a daemon subprocess
+
 
 def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
@@ -149,7 +151,10 @@ def test_status_and_metrics(daemon, good_png: bytes) -> None:
     # The controller may have stepped down from full@1 if this machine is busy.
     assert st["ready"] and st["config"]["current"].split("@")[0] in st["variants"]
     assert st["window"]["count"] >= 1 and st["window"]["p95_ms"] > 0
-    assert "config_switches_total" in text and 'edge_agent_requests_total{route="/v1/classify",status="200"}' in text
+    assert (
+        "edge_agent_config_switches_total" in text
+        and 'edge_agent_requests_total{route="/v1/classify",status="200"}' in text
+    )
 
 
 # -- errors ------------------------------------------------------------------------------------------

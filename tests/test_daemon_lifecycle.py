@@ -22,6 +22,8 @@ from agent.client import Client, ClientError
 from model_zoo import data
 from tests.daemon import REPO, DaemonProcess
 
+pytestmark = pytest.mark.daemon  # every test here talks to a daemon subprocess
+
 
 def test_ready_only_after_models_load_then_watchdog_pings(tmp_path: Path, sample_png: Path) -> None:
     d = DaemonProcess(tmp_path, env={"WATCHDOG_USEC": "200000"}).start()
@@ -269,7 +271,7 @@ def test_admin_routes_refused_to_a_uid_not_allowed(tmp_path_factory: pytest.Temp
 
 
 def test_notify_never_blocks_when_nobody_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent import sdnotify
+    from agent.daemon import sdnotify
 
     path = tmp_path / "notify.sock"
     unread = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

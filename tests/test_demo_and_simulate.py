@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
-from agent.policy import load_policy
-from agent.simulate import simulate, summary
-from agent.telemetry_formats import read_trace
+from agent.control.simulate import simulate, summary
+from agent.policy.loader import load_policy
+from agent.telemetry.formats import read_trace
 
 REPO = Path(__file__).resolve().parent.parent
 TRACES = sorted((REPO / "policies" / "traces").glob("*.jsonl"))
@@ -25,6 +26,7 @@ def _daemons() -> set[int]:
     }
 
 
+@pytest.mark.daemon
 def test_demo_quick_mode_finishes_and_leaves_nothing_behind(tmp_path: Path) -> None:
     before = _daemons()
     tmp_before = set(Path("/tmp").glob("edge-agent-demo-*"))
@@ -53,9 +55,9 @@ def test_a_recorded_trace_is_shipped() -> None:
 
 def test_simulate_replays_the_trace_through_the_controller() -> None:
     policy = load_policy(REPO / "policies" / "default.yaml")
-    from agent.controller import options_from_manifest
-    from agent.manifest import latency_table, load_manifest
-    from agent.zoo import default_zoo_dir
+    from agent.control.controller import options_from_manifest
+    from agent.paths import default_zoo_dir
+    from agent.zoo.manifest import latency_table, load_manifest
 
     manifest = load_manifest(default_zoo_dir() / "manifest.json")
     options = options_from_manifest(manifest, latency_table(manifest, None), {v.name for v in manifest.variants}, 1, 95)
@@ -66,6 +68,7 @@ def test_simulate_replays_the_trace_through_the_controller() -> None:
     assert all(s.decision.reason for s in steps)
 
 
+@pytest.mark.daemon
 def test_policy_simulate_cli_prints_decisions_and_writes_the_plot(tmp_path: Path) -> None:
     out = tmp_path / "sim.png"
     result = subprocess.run(

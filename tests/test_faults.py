@@ -15,79 +15,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper, save_model
 
-from agent.adaptive import AdaptiveLoop
+from agent.cli.scenario import injected_telemetry_env
 from agent.client import ClientError
+from agent.daemon.adaptive import AdaptiveLoop
 from agent.errors import VariantUnavailable
-from agent.health import OUT_OF_SERVICE, UNHEALTHY, VariantHealth
-from agent.manifest import AccuracyPoint, LatencyPoint, LatencyProfile, Manifest
-from agent.metrics import Metrics
-from agent.runner import Config, Runner
-from agent.scenario import injected_telemetry_env
-from agent.snapshot import Snapshot
-from agent.telemetry import READING_FIELDS, GuardedSource
-from agent.zoo import SessionSettings, describe_onnx, open_zoo
+from agent.serving.health import OUT_OF_SERVICE, UNHEALTHY, VariantHealth
+from agent.serving.metrics import Metrics
+from agent.serving.runner import Runner
+from agent.telemetry.snapshot import Snapshot
+from agent.telemetry.sources import READING_FIELDS, GuardedSource
+from agent.values import Config
+from agent.zoo.sessions import SessionSettings, open_zoo
 from tests.daemon import DaemonProcess, eventually
-
-CLASSES = ["ok", "scratch", "crack"]
-SIZE = 32
-WHITE = np.ones((3, SIZE, SIZE), np.float32)
-NOISE = np.random.default_rng(0).random((3, SIZE, SIZE), dtype=np.float32) * 0.9
-
-
-def write_classifier(path: Path, seed: int, fails_on_white: bool = False) -> None:
-    """A plain ONNX classifier (no `token_keep`): mean colour -> linear head. With
-    `fails_on_white`, an all-white image (darkest pixel 1.0) makes Where hand Reshape a shape
-    its data cannot fill, so onnxruntime itself raises at run time for that input only."""
-    weights = np.random.default_rng(seed).normal(size=(3, len(CLASSES))).astype(np.float32)
-    inits = [numpy_helper.from_array(weights, "w")]
-    nodes = [
-        helper.make_node("ReduceMean", ["image"], ["pooled"], axes=[2, 3], keepdims=0),
-        helper.make_node("MatMul", ["pooled", "w"], ["scores" if fails_on_white else "logits"]),
-    ]
-    if fails_on_white:
-        inits += [
-            numpy_helper.from_array(np.array(1.0, np.float32), "white"),
-            numpy_helper.from_array(np.array([7, 11], np.int64), "impossible"),
-            numpy_helper.from_array(np.array([-1, len(CLASSES)], np.int64), "same"),
-        ]
-        nodes += [
-            helper.make_node("ReduceMin", ["image"], ["darkest"], keepdims=0),
-            helper.make_node("GreaterOrEqual", ["darkest", "white"], ["is_white"]),
-            helper.make_node("Where", ["is_white", "impossible", "same"], ["shape"]),
-            helper.make_node("Reshape", ["scores", "shape"], ["logits"]),
-        ]
-    graph = helper.make_graph(
-        nodes,
-        path.stem,
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 3, SIZE, SIZE])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", len(CLASSES)])],
-        inits,
-    )
-    save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
-
-
-def make_zoo(directory: Path, variants: dict[str, tuple[float, bool]], profiled: bool = True) -> Path:
-    """A zoo of plain classifiers, name -> (test accuracy, fails on white), with a manifest
-    (hashes, accuracy, a 1-2 ms latency profile unless not `profiled`) as `zoo build` writes one."""
-    directory.mkdir(parents=True, exist_ok=True)
-    profile = LatencyProfile(
-        machine="test",
-        measured_at="2025-01-01T00:00:00Z",
-        points=[LatencyPoint(budget=1.0, threads=t, p50_ms=1.0, p95_ms=2.0) for t in (1, 2)],
-    )
-    specs = []
-    for seed, (name, (accuracy, faulty)) in enumerate(variants.items()):
-        write_classifier(directory / f"{name}.onnx", seed, faulty)
-        spec = describe_onnx(directory / f"{name}.onnx", name, directory)
-        accuracy_points = [AccuracyPoint(budget=1.0, test=accuracy)]
-        specs.append(spec.model_copy(update={"accuracy": accuracy_points, "latency": profile if profiled else None}))
-    manifest = Manifest(name="faults", classes=CLASSES, variants=specs)
-    (directory / "manifest.json").write_text(manifest.model_dump_json(indent=2))
-    return directory
+from tests.zoos import CLASSES, NOISE, SIZE, WHITE, make_zoo
 
 
 def policy_text(latency_ms: float) -> str:
@@ -114,6 +56,7 @@ def metric(text: str, name: str) -> float:
 # -- 1. a model file deleted or replaced after start --------------------------------------------
 
 
+@pytest.mark.daemon
 def test_changed_or_vanished_model_file_is_taken_out_of_service_on_reload(tmp_path: Path) -> None:
     zoo = make_zoo(tmp_path / "zoo", {"a": (0.9, False), "b": (0.8, False), "c": (0.7, False)})
     original_a = (zoo / "a.onnx").read_bytes()
@@ -179,6 +122,7 @@ def test_without_a_latency_profile_the_runner_moves_to_any_variant_in_service(tm
 # -- 2. an onnxruntime run that raises ---------------------------------------------------------
 
 
+@pytest.mark.daemon
 def test_failing_onnxruntime_run_is_500_and_repeated_failures_move_the_controller_away(tmp_path: Path) -> None:
     zoo = make_zoo(tmp_path / "zoo", {"faulty": (0.95, True), "healthy": (0.6, False)})
     d = start(tmp_path, zoo, {"EDGE_AGENT_DEFAULT_VARIANT": "faulty"})
@@ -295,6 +239,7 @@ def test_source_that_raises_keeps_last_reading_stale() -> None:
     assert source.read(3.0) == Snapshot(time=3.0, temperature_c=60.0)
 
 
+@pytest.mark.daemon
 def test_telemetry_file_that_blocks_keeps_the_daemon_serving_and_shows_stale(tmp_path: Path) -> None:
     zoo = make_zoo(tmp_path / "zoo", {"a": (0.9, False)})
     override = tmp_path / "telemetry.json"
@@ -339,6 +284,7 @@ def test_telemetry_file_that_blocks_keeps_the_daemon_serving_and_shows_stale(tmp
 # -- 4. the policy file deleted or made unreadable while running -----------------------------------
 
 
+@pytest.mark.daemon
 def test_policy_file_deleted_or_unreadable_keeps_last_good_without_a_reload_call(tmp_path: Path) -> None:
     zoo = make_zoo(tmp_path / "zoo", {"a": (0.9, False)})
     d = start(tmp_path, zoo, {"EDGE_AGENT_POLICY_WATCH_S": "0.2"}, policy_ms=40)
@@ -372,6 +318,7 @@ def test_policy_file_deleted_or_unreadable_keeps_last_good_without_a_reload_call
 # -- 5. SIGKILL and a restart, as systemd's Restart= does ------------------------------------------
 
 
+@pytest.mark.daemon
 def test_after_sigkill_a_restart_replaces_the_stale_socket_and_keeps_the_pin(tmp_path: Path) -> None:
     zoo = make_zoo(tmp_path / "zoo", {"a": (0.9, False), "b": (0.8, False)})
     first = start(tmp_path, zoo, {"EDGE_AGENT_DEFAULT_VARIANT": "a"})
@@ -400,6 +347,7 @@ def test_after_sigkill_a_restart_replaces_the_stale_socket_and_keeps_the_pin(tmp
     assert '"pin_restored"' in second.log()
 
 
+@pytest.mark.daemon
 def test_pinning_the_current_configuration_is_persisted_too(tmp_path: Path) -> None:
     zoo = make_zoo(tmp_path / "zoo", {"a": (0.9, False)})
     d = start(tmp_path, zoo)

@@ -13,8 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.fuzz_cases import Target, catalogue, discover, normal_request, strategies
-from bench.fuzz_wire import OK, Case, Outcome, health, run_case
+from tests.fuzz.cases import Target, catalogue, discover, normal_request, strategies
+from tests.fuzz.wire import OK, Case, Outcome, health, run_case
+
+pytestmark = pytest.mark.daemon  # every test here talks to a daemon subprocess
 
 FUZZ = settings(database=None, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 

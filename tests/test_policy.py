@@ -20,22 +20,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from agent.cli import app
+from agent.cli.main import app
+from agent.control.rules import resolve
 from agent.errors import AgentError
-from agent.policy import (
-    FALLBACK_POLICY,
-    MAX_BYTES,
-    Policy,
-    PolicyError,
-    PolicyStore,
-    ReloadResult,
-    default_policy_path,
-    load_policy,
-    parse_policy,
-    policy_warnings,
-    resolve,
-)
-from agent.snapshot import Snapshot
+from agent.paths import default_policy_path
+from agent.policy.loader import MAX_BYTES, PolicyError, load_policy, parse_policy
+from agent.policy.schema import FALLBACK_POLICY, Policy, policy_warnings
+from agent.policy.store import PolicyStore, ReloadResult
+from agent.telemetry.snapshot import Snapshot
 
 REPO = Path(__file__).resolve().parent.parent
 BROKEN_DIR = REPO / "tests" / "policies_broken"
@@ -133,6 +125,7 @@ def test_validate_refuses_broken_file_naming_place_and_field(path: Path) -> None
     assert f"{path}{EXPECTED[path.name]}" in result.output
 
 
+@pytest.mark.daemon
 def test_validate_subprocess_refuses_every_broken_file_without_traceback_or_side_effect(tmp_path: Path) -> None:
     files = [*_broken_files(), _oversize(tmp_path)]
     proc = subprocess.run(
@@ -525,14 +518,14 @@ def policy_file(tmp_path: Path) -> Path:
 
 
 def test_store_loads_the_file_on_creation(policy_file: Path) -> None:
-    store = PolicyStore(policy_file, FALLBACK_POLICY)
+    store = PolicyStore(policy_file, FALLBACK_POLICY, clock=time.time)
     assert store.policy.slo.latency_ms == 25 and store.policy.slo.window_s == 10
     assert store.last_error is None and store.loaded_at is not None and store.source == str(policy_file)
 
 
 def test_invalid_policy_keeps_last_good_and_reports_the_error(policy_file: Path) -> None:
     failures: list[str] = []
-    store = PolicyStore(policy_file, FALLBACK_POLICY, on_failure=[failures.append])
+    store = PolicyStore(policy_file, FALLBACK_POLICY, on_failure=[failures.append], clock=time.time)
     good = store.policy
     policy_file.write_text("version: 1\nslo:\n  latency_ms: -1\n", encoding="utf-8")
     with structlog.testing.capture_logs() as logs:
@@ -546,7 +539,7 @@ def test_invalid_policy_keeps_last_good_and_reports_the_error(policy_file: Path)
 
 
 def test_valid_edit_is_picked_up_and_clears_the_error(policy_file: Path) -> None:
-    store = PolicyStore(policy_file, FALLBACK_POLICY)
+    store = PolicyStore(policy_file, FALLBACK_POLICY, clock=time.time)
     policy_file.write_text("not: [valid", encoding="utf-8")
     assert not store.reload().ok
     policy_file.write_text(BASE.replace("25", "40"), encoding="utf-8")
@@ -557,7 +550,7 @@ def test_valid_edit_is_picked_up_and_clears_the_error(policy_file: Path) -> None
 
 
 def test_changed_on_disk_detects_edit_and_deletion_once(policy_file: Path) -> None:
-    store = PolicyStore(policy_file, FALLBACK_POLICY)
+    store = PolicyStore(policy_file, FALLBACK_POLICY, clock=time.time)
     assert not store.changed_on_disk()
     policy_file.write_text(BASE + "hysteresis: {dwell_s: 3}\n", encoding="utf-8")
     assert store.changed_on_disk()
@@ -574,7 +567,7 @@ def test_changed_on_disk_detects_edit_and_deletion_once(policy_file: Path) -> No
 
 
 def test_replacing_the_file_by_rename_is_a_change(policy_file: Path) -> None:
-    store = PolicyStore(policy_file, FALLBACK_POLICY)
+    store = PolicyStore(policy_file, FALLBACK_POLICY, clock=time.time)
     new = policy_file.with_name("policy.yaml.new")
     new.write_text(BASE, encoding="utf-8")
     new.replace(policy_file)  # same size and content, new inode: what editors and config tools do
@@ -585,11 +578,11 @@ def test_replacing_the_file_by_rename_is_a_change(policy_file: Path) -> None:
 def test_store_with_broken_file_at_start_runs_on_the_default(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     path.write_bytes(b"")
-    store = PolicyStore(path, FALLBACK_POLICY)
+    store = PolicyStore(path, FALLBACK_POLICY, clock=time.time)
     assert store.policy is FALLBACK_POLICY
     assert store.last_error == f"{path}: empty policy file" and store.source == "built-in default"
 
 
 def test_store_without_a_file_keeps_the_default() -> None:
-    store = PolicyStore(None, FALLBACK_POLICY)
+    store = PolicyStore(None, FALLBACK_POLICY, clock=time.time)
     assert store.reload().ok and not store.changed_on_disk() and store.policy is FALLBACK_POLICY

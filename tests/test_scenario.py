@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.scenario import Reaction, Record, reaction_times
+from agent.cli.scenario import Reaction, Record, reaction_times
 
 
 def records(rate: float, seconds: float, latency: dict[float, float] | None = None, until: float = 0.0) -> list[Record]:

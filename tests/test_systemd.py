@@ -3,14 +3,10 @@ verify`, score at most 1.0 on `systemd-analyze security`, and the daemon runs un
 own syscall filter, MemoryDenyWriteExecute= and AF_UNIX-only sockets (seccomp, as systemd
 applies them), both binding its socket and socket-activated, with the sd_notify protocol.
 
-Heavy imports (onnxruntime, the daemon) stay inside the tests: this module is also imported by
-the sandboxed child process before it execs the daemon (see `sandbox_exec`)."""
+The sandbox itself (seccomp filter, child process) is in `tests/sandbox.py`."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import errno
 import json
 import os
 import re
@@ -24,12 +20,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TypedDict
 
 import pytest
 
-from agent.paths import SOCKET_NAME
-from agent.systemd_units import (
+from agent.cli.systemd_units import (
     CONFIG_FILE,
     SERVICE,
     SOCKET,
@@ -40,27 +34,15 @@ from agent.systemd_units import (
     hidden_by_sandbox,
     unit_file,
 )
+from agent.paths import SOCKET_NAME
+from tests.sandbox import ANALYZE, LIBSECCOMP, directives, sandbox_spec
 
 REPO = Path(__file__).resolve().parent.parent
-ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
-LIBSECCOMP = ctypes.util.find_library("seccomp")
 UNITS = (SERVICE, SOCKET)
 
 
 # -- reading unit files -----------------------------------------------------------------------
-
-
-def directives(text: str) -> dict[str, list[str]]:
-    """Key -> values in file order, ignoring sections and comments (our units repeat no key across sections)."""
-    found: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line[0] in "#;[" or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        found.setdefault(key.strip(), []).append(value.strip())
-    return found
 
 
 def one(text: str, key: str) -> str:
@@ -122,6 +104,7 @@ def socket_text(prefix: Path) -> str:
 # -- the installer ----------------------------------------------------------------------------------
 
 
+@pytest.mark.daemon
 def test_install_writes_units_whose_exec_start_is_this_venvs_entry_point(
     prefix: Path, entry: Path, service_text: str
 ) -> None:
@@ -135,12 +118,14 @@ def test_install_writes_units_whose_exec_start_is_this_venvs_entry_point(
     assert (prefix / unit_file(SOCKET).target).read_text() == (REPO / "systemd" / SOCKET).read_text()
 
 
+@pytest.mark.daemon
 def test_install_with_enable_links_the_units_like_systemctl_enable(prefix: Path) -> None:
     wants = prefix / "etc/systemd/system"
     assert os.readlink(wants / "multi-user.target.wants" / SERVICE) == f"/etc/systemd/system/{SERVICE}"
     assert os.readlink(wants / "sockets.target.wants" / SOCKET) == f"/etc/systemd/system/{SOCKET}"
 
 
+@pytest.mark.daemon
 def test_install_never_overwrites_an_existing_config(tmp_path: Path, entry: Path) -> None:
     config = tmp_path / CONFIG_FILE
     config.parent.mkdir(parents=True)
@@ -152,16 +137,18 @@ def test_install_never_overwrites_an_existing_config(tmp_path: Path, entry: Path
     assert not (tmp_path / "etc/systemd/system/multi-user.target.wants").exists()
 
 
+@pytest.mark.daemon
 def test_render_prints_the_installed_service(prefix: Path, entry: Path, service_text: str) -> None:
     result = run_cli(entry, "systemd", "render")
     assert result.returncode == 0, result.stderr
     assert result.stdout == service_text
 
 
+@pytest.mark.daemon
 def test_default_config_runs_on_defaults_and_each_line_uncomments_to_a_valid_setting(
     prefix: Path, tmp_path: Path
 ) -> None:
-    from agent.config import Settings, load_settings
+    from agent.settings import Settings, load_settings
 
     config = prefix / CONFIG_FILE
     assert load_settings(config) == load_settings(None)
@@ -191,6 +178,7 @@ def test_a_venv_the_sandbox_hides_is_named_with_the_option_that_hides_it() -> No
 # -- what the units promise each other and the daemon ------------------------------------------------
 
 
+@pytest.mark.daemon
 def test_socket_unit_listens_where_the_service_would_bind(service_text: str, socket_text: str) -> None:
     assert one(socket_text, "ListenStream") == str(UNIT_SOCKET_PATH)
     assert Path("/run") / one(service_text, "RuntimeDirectory") / SOCKET_NAME == UNIT_SOCKET_PATH
@@ -204,8 +192,9 @@ def test_socket_unit_listens_where_the_service_would_bind(service_text: str, soc
     assert one(service_text, "RuntimeDirectoryPreserve") == "yes"
 
 
+@pytest.mark.daemon
 def test_service_waits_for_ready_and_outlasts_the_drain(service_text: str) -> None:
-    from agent.config import Settings
+    from agent.settings import Settings
 
     assert (one(service_text, "Type"), one(service_text, "NotifyAccess")) == ("notify", "main")
     drain = Settings.model_fields["drain_timeout_s"].default
@@ -218,6 +207,7 @@ def test_service_waits_for_ready_and_outlasts_the_drain(service_text: str) -> No
     assert not any("/sys" in v or "/proc" in v for v in directives(service_text).get("InaccessiblePaths", []))
 
 
+@pytest.mark.daemon
 @pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="systemd-sysusers is not installed")
 def test_sysusers_file_creates_the_edge_agent_user_and_group(prefix: Path, tmp_path: Path) -> None:
     conf = tmp_path / "etc/sysusers.d/edge-agent.conf"
@@ -257,12 +247,14 @@ def verify_problems(unit_dir: Path) -> tuple[int, list[str]]:
     return result.returncode, ours
 
 
+@pytest.mark.daemon
 @needs_analyze
 def test_units_pass_systemd_analyze_verify(prefix: Path) -> None:
     status, problems = verify_problems(prefix / "etc/systemd/system")
     assert status == 0 and problems == [], problems
 
 
+@pytest.mark.daemon
 @needs_analyze
 def test_verify_check_catches_a_misspelled_directive(service_text: str, socket_text: str, tmp_path: Path) -> None:
     (tmp_path / SERVICE).write_text(service_text.replace("WatchdogSec=", "WatchdogSecs="))
@@ -271,6 +263,7 @@ def test_verify_check_catches_a_misspelled_directive(service_text: str, socket_t
     assert any("WatchdogSecs" in line for line in problems), (status, problems)
 
 
+@pytest.mark.daemon
 @needs_analyze
 def test_service_exposure_is_at_most_1(prefix: Path) -> None:
     assert ANALYZE is not None
@@ -288,155 +281,6 @@ def test_service_exposure_is_at_most_1(prefix: Path) -> None:
 
 
 # -- the daemon under the unit's seccomp sandbox ---------------------------------------------------
-# systemd is not running here, so the daemon cannot be started as the unit. What would break a
-# Python daemon in this unit is its seccomp side: SystemCallFilter=, MemoryDenyWriteExecute=
-# (a JIT or W+X trampoline in a native library) and RestrictAddressFamilies=. Those are
-# rebuilt from the installed unit with libseccomp, the way systemd builds them, and the real
-# ExecStart= runs under them.
-
-PROT_WRITE, PROT_EXEC, SHM_EXEC = 0x2, 0x4, 0o100000
-SCMP_ACT_ALLOW = 0x7FFF0000
-SCMP_CMP_EQ, SCMP_CMP_MASKED_EQ = 4, 7
-PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
-FAMILIES = {"AF_UNIX": socket.AF_UNIX, "AF_INET": socket.AF_INET, "AF_INET6": socket.AF_INET6}
-
-
-class _ArgCmp(ctypes.Structure):
-    _fields_ = [
-        ("arg", ctypes.c_uint),
-        ("op", ctypes.c_int),
-        ("datum_a", ctypes.c_uint64),
-        ("datum_b", ctypes.c_uint64),
-    ]
-
-
-def syscall_groups() -> dict[str, list[str]]:
-    """systemd's own syscall groups (@system-service, ...), from `systemd-analyze syscall-filter`."""
-    assert ANALYZE is not None
-    out = subprocess.run([ANALYZE, "syscall-filter"], capture_output=True, text=True, check=True, timeout=60).stdout
-    groups: dict[str, list[str]] = {}
-    current: list[str] = []
-    for line in out.splitlines():
-        if line.startswith("@"):
-            current = groups.setdefault(line.strip(), [])
-        elif line.startswith("    ") and not line.strip().startswith("#"):
-            current.append(line.strip())
-    return groups
-
-
-def expand(names: list[str], groups: dict[str, list[str]]) -> set[str]:
-    found: set[str] = set()
-    for name in names:
-        found |= expand(groups[name], groups) if name.startswith("@") else {name}
-    return found
-
-
-class SandboxSpec(TypedDict):
-    """The seccomp side of the unit: allowed syscalls, W^X, socket families, errno."""
-
-    allow: list[str]
-    mdwe: bool
-    families: list[int]
-    errno: int
-
-
-def sandbox_spec(service_text: str) -> SandboxSpec:
-    """SystemCallFilter= (allow list minus ~ lists), MemoryDenyWriteExecute=, RestrictAddressFamilies=."""
-    settings = directives(service_text)
-    groups = syscall_groups()
-    allowed: set[str] = set()
-    for value in settings["SystemCallFilter"]:
-        if value.startswith("~"):
-            allowed -= expand(value[1:].split(), groups)
-        else:
-            allowed |= expand(value.split(), groups)
-    return {
-        "allow": sorted(allowed),
-        "mdwe": settings.get("MemoryDenyWriteExecute") == ["yes"],
-        "families": [FAMILIES[f] for f in " ".join(settings["RestrictAddressFamilies"]).split()],
-        "errno": getattr(errno, settings.get("SystemCallErrorNumber", ["EPERM"])[-1]),
-    }
-
-
-def _load_seccomp(spec: SandboxSpec) -> None:
-    lib = ctypes.CDLL(LIBSECCOMP or "libseccomp.so.2")
-    lib.seccomp_init.restype = ctypes.c_void_p
-    lib.seccomp_init.argtypes = [ctypes.c_uint32]
-    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
-    lib.seccomp_rule_add_array.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_uint32,
-        ctypes.c_int,
-        ctypes.c_uint,
-        ctypes.POINTER(_ArgCmp),
-    ]
-    lib.seccomp_load.argtypes = [ctypes.c_void_p]
-    ctx = lib.seccomp_init(0x00050000 | spec["errno"])  # SCMP_ACT_ERRNO(errno)
-
-    def allow(name: str, *conditions: _ArgCmp) -> None:
-        number = lib.seccomp_syscall_resolve_name(name.encode())
-        if number < 0:
-            return  # not a syscall of this architecture
-        array = (_ArgCmp * max(1, len(conditions)))(*conditions)
-        if lib.seccomp_rule_add_array(ctx, SCMP_ACT_ALLOW, number, len(conditions), array) < 0:
-            raise OSError(f"seccomp rule for {name}")
-
-    allowed = set(spec["allow"])
-    conditional = {"mmap", "mmap2", "mprotect", "pkey_mprotect", "shmat", "socket"}
-    for name in allowed - conditional:
-        allow(name)
-    for family in spec["families"]:
-        allow("socket", _ArgCmp(0, SCMP_CMP_EQ, family, 0))
-    wx = PROT_WRITE | PROT_EXEC
-    w_x = (0, PROT_WRITE, PROT_EXEC) if spec["mdwe"] else (0, PROT_WRITE, PROT_EXEC, wx)
-    for name in {"mmap", "mmap2"} & allowed:
-        for prot in w_x:  # with MemoryDenyWriteExecute: never writable and executable at once
-            allow(name, _ArgCmp(2, SCMP_CMP_MASKED_EQ, wx, prot))
-    for name in {"mprotect", "pkey_mprotect"} & allowed:  # ... and never made executable later
-        for prot in (0,) if spec["mdwe"] else (0, PROT_EXEC):
-            allow(name, _ArgCmp(2, SCMP_CMP_MASKED_EQ, PROT_EXEC, prot))
-    if "shmat" in allowed:
-        allow("shmat", _ArgCmp(2, SCMP_CMP_MASKED_EQ, SHM_EXEC, 0))
-    if lib.seccomp_load(ctx) < 0:
-        raise OSError("seccomp_load failed")
-
-
-def _probe(spec: SandboxSpec) -> None:
-    """Prove the filter is in force, then use what the daemon's telemetry and ctypes use."""
-    import mmap
-
-    if spec["mdwe"]:
-        with pytest.raises(OSError):
-            mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
-    if socket.AF_INET not in spec["families"]:
-        with pytest.raises(OSError):
-            socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    compare = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)(
-        lambda a, b: ctypes.c_int.from_address(a).value - ctypes.c_int.from_address(b).value
-    )
-    numbers = (ctypes.c_int * 4)(3, 1, 4, 2)
-    ctypes.CDLL(None).qsort(numbers, 4, ctypes.sizeof(ctypes.c_int), compare)  # a libffi closure
-    assert list(numbers) == [1, 2, 3, 4]
-    import psutil
-
-    for read in (psutil.cpu_percent, psutil.getloadavg, psutil.sensors_temperatures, psutil.sensors_battery):
-        read()
-
-
-def sandbox_exec(argv: list[str]) -> None:
-    """Child process: load the unit's seccomp side, probe it, then exec the command in argv
-    (after `--`). With EDGE_TEST_LISTEN_FD set, pass that socket as fd 3 like systemd does."""
-    spec: SandboxSpec = json.loads(Path(argv[0]).read_text())
-    command = argv[argv.index("--") + 1 :]
-    listen_fd = os.environ.pop("EDGE_TEST_LISTEN_FD", None)
-    if spec["mdwe"]:  # systemd >= 254 also sets the kernel's own W^X flag (Linux >= 6.3; fails harmlessly before)
-        ctypes.CDLL(None).prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0)
-    _load_seccomp(spec)
-    _probe(spec)
-    if listen_fd is not None:
-        os.dup2(int(listen_fd), 3)
-        os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))
-    os.execv(command[0], command)
 
 
 @pytest.fixture
@@ -513,6 +357,7 @@ def short_dir() -> Iterator[Path]:
         yield Path(name)
 
 
+@pytest.mark.daemon
 @pytest.mark.skipif(ANALYZE is None or LIBSECCOMP is None, reason="needs systemd-analyze and libseccomp")
 @pytest.mark.parametrize("activation", ["bound", "socket"])
 def test_daemon_serves_under_the_units_seccomp_sandbox(
@@ -550,7 +395,7 @@ def test_daemon_serves_under_the_units_seccomp_sandbox(
         listener.listen(16)
         env["EDGE_TEST_LISTEN_FD"] = str(listener.fileno())
         pass_fds = (listener.fileno(),)
-    child = "import sys; from tests.test_systemd import sandbox_exec; sandbox_exec(sys.argv[1:])"
+    child = "import sys; from tests.sandbox import sandbox_exec; sandbox_exec(sys.argv[1:])"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-c", child, str(spec), "--", *exec_start],

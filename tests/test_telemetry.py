@@ -22,21 +22,12 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.config import Settings
 from agent.errors import AgentError
-from agent.snapshot import Snapshot
-from agent.telemetry import (
-    FileOverrideSource,
-    PsutilSource,
-    TelemetrySource,
-    TraceSource,
-    make_source,
-    read_power_supply,
-    read_thermal_zones,
-    read_trace,
-    trace_line,
-)
-from agent.telemetry_formats import SnapshotValues, parse_trace_line
+from agent.settings import Settings
+from agent.telemetry.formats import SnapshotValues, parse_trace_line, read_trace, trace_line
+from agent.telemetry.psutil_reader import PsutilSource, read_power_supply, read_thermal_zones
+from agent.telemetry.snapshot import Snapshot
+from agent.telemetry.sources import FileOverrideSource, TelemetrySource, TraceSource, make_source
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = 1_700_000_000.0
@@ -444,6 +435,7 @@ def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.daemon
 def test_show_json_prints_one_snapshot(tmp_path: Path) -> None:
     root = fake_sysfs(tmp_path / "sys", HOT_UNPLUGGED)
     result = cli("show", "--json", "--sysfs-root", str(root))
@@ -456,12 +448,14 @@ def test_show_json_prints_one_snapshot(tmp_path: Path) -> None:
         assert (snap.temperature_c, snap.battery_percent, snap.on_ac) == (85.0, 15.0, False)
 
 
+@pytest.mark.daemon
 def test_show_prints_a_table() -> None:
     result = cli("show")
     assert result.returncode == 0, result.stderr
     assert "cpu_percent" in result.stdout and "memory_percent" in result.stdout
 
 
+@pytest.mark.daemon
 def test_record_without_daemon_writes_a_trace_without_observed(tmp_path: Path) -> None:
     out = tmp_path / "trace.jsonl"
     result = cli("record", "--out", str(out), "--seconds", "2", "--socket", str(tmp_path / "none.sock"))
@@ -504,6 +498,7 @@ def fake_daemon(tmp_path: Path) -> Iterator[Path]:
     server.server_close()
 
 
+@pytest.mark.daemon
 def test_record_with_daemon_adds_its_configuration_and_latency_window(tmp_path: Path, fake_daemon: Path) -> None:
     out = tmp_path / "trace.jsonl"
     args = ("--out", str(out), "--seconds", "1", "--interval", "0.5", "--socket", str(fake_daemon))

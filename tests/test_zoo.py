@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent.codec import image_to_input
 from agent.errors import ZooError
-from agent.manifest import BUDGETS, keep_count, load_manifest
-from agent.zoo import SessionSettings, describe_onnx, open_variant, open_zoo, resolve_file, softmax, verify_zoo
+from agent.values import BUDGETS
+from agent.zoo.manifest import keep_count, load_manifest
+from agent.zoo.preprocess import image_to_input
+from agent.zoo.sessions import SessionSettings, describe_onnx, open_variant, open_zoo, resolve_file, softmax, verify_zoo
 from model_zoo import data
 
 
@@ -95,7 +96,7 @@ def test_random_bytes_with_matching_hash_is_refused_by_onnxruntime(zoo_copy: Pat
     path = zoo_copy / "int8.onnx"
     path.write_bytes(os.urandom(4096))
     manifest = json.loads((zoo_copy / "manifest.json").read_text())
-    from agent.zoo import sha256_file
+    from agent.zoo.sessions import sha256_file
 
     for v in manifest["variants"]:
         if v["name"] == "int8":

@@ -1,0 +1,241 @@
+"""`edge-agent zoo ...`: inspect, verify, evaluate, profile and build the model zoo."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from agent.errors import ZooError
+from agent.paths import default_zoo_dir, device_profile_path
+from agent.values import BUDGETS
+from agent.zoo.manifest import MANIFEST_NAME, DeviceProfile, ProfiledVariant, load_manifest
+from agent.zoo.stats import format_p
+
+app = typer.Typer(help="The model zoo: variants, manifest, build and profile.", no_args_is_help=True)
+console = Console(width=max(Console().width, 130))
+
+ZooOpt = Annotated[Path, typer.Option("--zoo", help="Zoo folder (with manifest.json).")]
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {escape(message)}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def info(zoo: ZooOpt = default_zoo_dir()) -> None:
+    """A table of the variants: size, tokens, accuracy and latency per budget."""
+    try:
+        manifest = load_manifest(zoo / MANIFEST_NAME)
+    except ZooError as exc:
+        _fail(exc.message)
+    table = Table(title=f"{manifest.name} ({zoo})")
+    for col in (
+        "variant",
+        "file",
+        "input",
+        "tokens",
+        "params",
+        "MB",
+        "budget",
+        "acc test",
+        "95% CI",
+        "p (paired)",
+        "acc shifted",
+        "p50 ms (2t)",
+        "p95 ms (2t)",
+    ):
+        table.add_column(col, justify="right" if col not in ("variant", "file") else "left")
+    for v in manifest.variants:
+        for i, budget in enumerate(v.budgets):
+            point = v.latency.lookup(budget, 2) if v.latency else None
+            acc = v.accuracy_point(budget)
+            test, shifted = (acc.test, acc.shifted) if acc else (None, None)
+            table.add_row(
+                v.name if i == 0 else "",
+                v.file if i == 0 else "",
+                f"{v.resolution}px" if i == 0 else "",
+                str(v.tokens) if i == 0 else "",
+                f"{v.parameters / 1e6:.2f}M" if i == 0 else "",
+                f"{v.size_bytes / 1e6:.1f}" if i == 0 else "",
+                f"{budget:.2f}",
+                f"{test:.1%}" if test is not None else "-",
+                f"{acc.test_ci[0]:.1%}-{acc.test_ci[1]:.1%}" if acc and acc.test_ci else "-",
+                format_p(acc.p_vs_larger_budget) if acc else "-",
+                f"{shifted:.1%}" if shifted is not None else "-",
+                f"{point.p50_ms:.2f}" if point else "-",
+                f"{point.p95_ms:.2f}" if point else "-",
+            )
+    console.print(table)
+    console.print(f"classes: {', '.join(manifest.classes)}")
+    console.print(
+        "95% CI: Wilson interval of the test accuracy; p (paired): exact McNemar test on the same test "
+        "images against the next larger budget of the variant (below 0.05: unlikely to be noise)"
+    )
+    if manifest.build:
+        console.print(
+            f"built {manifest.build.built_at} (seed {manifest.build.seed}, {manifest.build.duration_s:.0f} s) on {manifest.build.data}"
+        )
+
+
+@app.command()
+def verify(zoo: ZooOpt = default_zoo_dir()) -> None:
+    """Check every variant's SHA-256 and that onnxruntime loads it; exit 1 if any fails."""
+    try:
+        from agent.zoo.sessions import verify_zoo  # onnxruntime: only for the commands that run models
+
+        results = verify_zoo(zoo)
+    except ZooError as exc:
+        _fail(exc.message)
+    for name, error in results.items():
+        console.print(f"[green]ok[/green]   {name}" if error is None else f"[red]FAIL[/red] {name}: {error}")
+    if any(results.values()):
+        raise typer.Exit(1)
+
+
+@app.command("eval")
+def evaluate(
+    zoo: ZooOpt = default_zoo_dir(),
+    split: Annotated[str, typer.Option(help="test or shifted")] = "test",
+    count: Annotated[int, typer.Option(help="Images of the split to use")] = 1000,
+    seed: Annotated[int, typer.Option(help="Data seed (the zoo's build seed by default)")] = -1,
+) -> None:
+    """Accuracy of every variant x budget on the synthetic split, run through onnxruntime."""
+    from agent.zoo.evaluation import accuracy, batch_inputs
+    from agent.zoo.sessions import SessionSettings, open_zoo
+    from model_zoo import data
+
+    loaded = open_zoo(zoo, SessionSettings(intra_threads=2))
+    for name, reason in loaded.failures.items():
+        console.print(f"[red]skipped {name}[/red]: {reason}")
+    if seed < 0:
+        seed = loaded.manifest.build.seed if loaded.manifest.build else 0
+    images, labels = data.generate(split, count, seed=seed)
+    table = Table(title=f"accuracy on {count} {split} images (seed {seed})")
+    table.add_column("variant")
+    for budget in BUDGETS:
+        table.add_column(f"@{budget}", justify="right")
+    for name, variant in loaded.variants.items():
+        inputs = batch_inputs(images, variant.spec.resolution)
+        row = [f"{accuracy(variant, inputs, labels, b):.1%}" if b in variant.spec.budgets else "-" for b in BUDGETS]
+        table.add_row(name, *row)
+    console.print(table)
+
+
+@app.command()
+def profile(
+    zoo: ZooOpt = default_zoo_dir(),
+    out: Annotated[Path | None, typer.Option(help="Device profile file (default: the state directory's)")] = None,
+    runs: Annotated[int, typer.Option(help="Timed runs per variant x budget x threads")] = 50,
+) -> None:
+    """Measure this device's latency table; the daemon prefers it over the shipped profile."""
+    from agent.zoo.evaluation import profile_variants
+    from agent.zoo.sessions import SessionSettings, open_zoo
+
+    out = out or device_profile_path()
+    by_threads = {}
+    with console.status("loading variants"):
+        for threads in (1, 2):
+            loaded = open_zoo(zoo, SessionSettings(intra_threads=threads))
+            by_threads[threads] = list(loaded.variants.values())
+    specs = {v.name: v.spec for v in by_threads[1]}
+    started = time.monotonic()
+    with console.status(f"profiling {len(specs)} variants, {runs} runs each"):
+        profiles = profile_variants(by_threads, {n: s.budgets for n, s in specs.items()}, runs)
+    first = next(iter(profiles.values()))
+    device = DeviceProfile(
+        machine=first.machine,
+        measured_at=first.measured_at,
+        variants={n: ProfiledVariant(sha256=specs[n].sha256, latency=p) for n, p in profiles.items()},
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(device.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    table = Table(title=f"latency on this device ({time.monotonic() - started:.0f} s)")
+    for col in ("variant", "budget", "p50 1t", "p95 1t", "p50 2t", "p95 2t"):
+        table.add_column(col, justify="right")
+    for name, prof in profiles.items():
+        for budget in specs[name].budgets:
+            one, two = prof.lookup(budget, 1), prof.lookup(budget, 2)
+            table.add_row(name, f"{budget}", *(f"{x:.2f}" for p in (one, two) if p for x in (p.p50_ms, p.p95_ms)))
+    console.print(table)
+    console.print(f"wrote {out}")
+
+
+@app.command()
+def build(
+    config: Annotated[Path | None, typer.Option(help="Build config (YAML); defaults build the shipped zoo")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the config's seed")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder")] = Path("build/zoo"),
+) -> None:
+    """Train, prune, quantize, fine-tune lowres, evaluate, profile and write the manifest (needs torch)."""
+    try:
+        from model_zoo.build import build as run_build
+        from model_zoo.build import load_config
+    except ImportError as exc:
+        _fail(f"zoo build needs the train extra ({exc.name or exc}): pip install -e '.[train]'")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+    cfg = load_config(config)
+    if seed is not None:
+        cfg = cfg.model_copy(update={"seed": seed})
+    started = time.monotonic()
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        tasks: dict[str, TaskID] = {}
+
+        def step(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = progress.add_task(name, total=total)
+            progress.update(tasks[name], completed=done, total=total)
+
+        manifest = run_build(cfg, out, progress.console.print, step)
+    summary = {
+        v.name: {"test@1.0": v.accuracy_at(1.0), "shifted@1.0": v.accuracy_at(1.0, "shifted")}
+        for v in manifest.variants
+    }
+    console.print_json(json.dumps(summary))
+    console.print(f"built {len(manifest.variants)} variants into {out} in {time.monotonic() - started:.0f} s")
+
+
+@app.command()
+def run(
+    images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...)")],
+    zoo: ZooOpt = default_zoo_dir(),
+    variant: Annotated[list[str] | None, typer.Option(help="Variant(s) to run (default: all)")] = None,
+    budget: Annotated[float, typer.Option(min=0.01, max=1.0, help="Token budget")] = 1.0,
+) -> None:
+    """Classify images in process with each variant (no daemon, no torch needed)."""
+    from PIL import Image
+
+    from agent.zoo.preprocess import image_to_input
+    from agent.zoo.sessions import SessionSettings, open_zoo
+
+    loaded = open_zoo(zoo, SessionSettings(intra_threads=2), names=variant)
+    for name, reason in loaded.failures.items():
+        console.print(f"[red]skipped {name}[/red]: {reason}")
+    if not loaded.variants:
+        _fail("no variant could be loaded")
+    table = Table()
+    for col in ("image", "variant", "budget", "label", "score", "ms"):
+        table.add_column(col)
+    for path in images:
+        with Image.open(path) as image:
+            image.load()
+        for name, v in loaded.variants.items():
+            x = image_to_input(image, v.spec.resolution)
+            start = time.perf_counter()
+            pred = v.run(x, budget)
+            ms = (time.perf_counter() - start) * 1000
+            top = int(pred.probs[0].argmax())
+            table.add_row(
+                path.name, name, f"{pred.budget:.2f}", loaded.classes[top], f"{pred.probs[0, top]:.3f}", f"{ms:.2f}"
+            )
+    console.print(table)

@@ -1,0 +1,203 @@
+"""The adaptive loop: telemetry + policy + observed latency -> controller -> runner.switch.
+
+Owns the policy in force (with last-good reload), the telemetry source and the controller's
+state; the daemon registers its methods as scheduler jobs. All decisions go through the pure
+`controller.decide`, the same function `policy simulate` replays. Variants that are out of
+service or unhealthy (`agent.serving.health`) are left out of the controller's choice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agent.control.controller import ControllerState, Decision, Observed, Option, decide, options_from_manifest
+from agent.errors import ZooError
+from agent.paths import default_policy_path, device_profile_path
+from agent.policy.store import PolicyStore, ReloadResult
+from agent.serving.health import OUT_OF_SERVICE, HealthCollector, Unavailable
+from agent.serving.metrics import Metrics
+from agent.serving.runner import Runner
+from agent.telemetry.snapshot import Snapshot
+from agent.telemetry.sources import TelemetrySource
+from agent.values import Config
+from agent.zoo.manifest import latency_table, load_device_profile
+from agent.zoo.sessions import recheck_files
+
+log = structlog.get_logger(__name__)
+
+
+class AdaptiveLoop:
+    def __init__(
+        self,
+        runner: Runner,
+        telemetry: TelemetrySource,
+        policy_path: Path | None,
+        metrics: Metrics,
+        ort_threads: int,
+        state_dir: Path | None = None,
+    ) -> None:
+        self.runner = runner
+        self.telemetry = telemetry
+        self.metrics = metrics
+        self.ort_threads = ort_threads
+        self.store = PolicyStore(
+            policy_path or default_policy_path(), on_failure=[self._policy_failed], clock=time.time
+        )
+        self.snapshot = Snapshot(time=time.time())
+        self.state = ControllerState(config=runner.current, last_switch_at=time.monotonic())
+        self.last: Decision | None = None
+        self.decisions: deque[dict[str, Any]] = deque(maxlen=20)
+        self._profile_source = "manifest"
+        self.options = self._options(state_dir)
+        self.on_decision: list[Callable[[Decision], None]] = []
+        metrics.registry.register(HealthCollector(runner.health, runner.zoo.variants))
+
+    def _options(self, state_dir: Path | None) -> list[Option]:
+        """The configurations to choose from, timed by this device's profile where there is one."""
+        zoo = self.runner.zoo
+        path = (state_dir / "device-profile.json") if state_dir else device_profile_path()
+        try:
+            device = load_device_profile(path)
+        except ZooError as exc:
+            log.warning("device_profile_invalid", error=exc.message)
+            device = None
+        if device is not None:
+            self._profile_source = str(path)
+        table = latency_table(zoo.manifest, device)
+        return options_from_manifest(
+            zoo.manifest, table, set(zoo.variants), self.ort_threads, self.store.policy.slo.percentile
+        )
+
+    def _policy_failed(self, message: str) -> None:
+        self.metrics.policy_reload_failures.inc()
+
+    # -- jobs ------------------------------------------------------------------------------------
+
+    def sample_telemetry(self) -> None:
+        self.snapshot = self.telemetry.read(time.time())
+        self.metrics.set_telemetry(self.snapshot)
+
+    def watch_policy(self) -> None:
+        if self.store.changed_on_disk():
+            self.reload_policy("file changed")
+
+    def reload_policy(self, why: str) -> ReloadResult:
+        result = self.store.reload()
+        if result.ok:
+            self.options = self._options(None) if self._profile_source == "manifest" else self.options
+            log.info("policy_in_force", why=why, path=self.store.source, changed=result.changed)
+        return result
+
+    def recheck_zoo(self) -> dict[str, str]:
+        """Hash every variant's file again and apply what was found (`apply_recheck`)."""
+        return self.apply_recheck(recheck_files(self.runner.zoo))
+
+    def apply_recheck(self, files: dict[str, str | None]) -> dict[str, str]:
+        """On reload, with each variant's file checked again (None: it matches the manifest): one
+        that changed or vanished goes out of service (the configuration moves off it at once),
+        one found restored comes back. Returns the variants out of service and why."""
+        for name, problem in files.items():
+            if problem is None:
+                self.runner.restore(name)
+            else:
+                self.runner.retire(name, problem)
+        retired = self.runner.health.retired()
+        if self.runner.current.variant in retired:
+            self._leave_retired(self.runner.current.variant)
+        return retired
+
+    def _leave_retired(self, variant: str) -> None:
+        """Move off an out-of-service variant: the controller's choice, else any variant in service."""
+        self.tick()
+        if self.runner.current.variant != variant:
+            return
+        spare = next((n for n in self.runner.zoo.variants if self.runner.health.out_of_service(n) is None), None)
+        if spare is None:
+            log.error("no_variant_in_service", retired=variant)  # every request is refused with 503 now
+            return
+        self.runner.switch(Config(spare, 1.0), f"{variant} is out of service; {spare} is the only variant left")
+
+    def _choices(self, unavailable: dict[str, Unavailable]) -> list[Option]:
+        """The options the controller may pick: never an out-of-service variant; an unhealthy one
+        only if nothing else is left (a failing model beats none)."""
+        retired = {name for name, u in unavailable.items() if u.state == OUT_OF_SERVICE}
+        usable = [o for o in self.options if o.config.variant not in retired]
+        return [o for o in usable if o.config.variant not in unavailable] or usable
+
+    def tick(self) -> Decision | None:
+        """One controller step; switches the runner when the controller says so."""
+        now = time.monotonic()
+        unavailable = self.runner.health.unavailable(now)
+        options = self._choices(unavailable)
+        if not options:
+            return None
+        policy = self.store.policy
+        current = self.runner.current
+        if self.state.config != current:  # a pin or an admin switch moved it: follow the truth
+            self.state = ControllerState(config=current, slowdown=self.state.slowdown, last_switch_at=now)
+        p, count = self.runner.window.percentile(now, policy.slo.percentile, policy.slo.window_s, current)
+        local = dt.datetime.fromtimestamp(self.snapshot.time).time()  # the gateway's time zone, for time_between rules
+        decision, self.state = decide(
+            policy, self.snapshot, Observed(current, p, count), options, self.state, now, local
+        )
+        away = unavailable.get(current.variant)
+        if decision.switch and away is not None and decision.config.variant != current.variant:
+            decision = replace(
+                decision,
+                reason=f"{current.variant} is {away.state.replace('_', ' ')} ({away.reason}); {decision.reason}",
+            )
+        self.last = decision
+        self.metrics.slowdown.set(decision.slowdown)
+        self.metrics.slo_ms.set(decision.slo_ms)
+        attainment = self.runner.window.attainment(now, decision.slo_ms, policy.slo.window_s)
+        if attainment is not None:
+            self.metrics.attainment.set(attainment)
+        if decision.switch:
+            applied = self.runner.switch(decision.config, decision.reason)
+            if not applied and self.runner.pin_state is not None:
+                self.state = ControllerState(config=self.runner.current, slowdown=decision.slowdown, last_switch_at=now)
+            self.decisions.append(
+                {"at": time.time(), "config": str(decision.config), "applied": applied, "reason": decision.reason}
+            )
+            for callback in self.on_decision:
+                callback(decision)
+        return decision
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        policy = self.store.policy
+        d = self.last
+        slo_ms = d.slo_ms if d else policy.slo.latency_ms
+        observed, count = self.runner.window.percentile(now, policy.slo.percentile, policy.slo.window_s)
+        attainment = self.runner.window.attainment(now, slo_ms, policy.slo.window_s)
+        return {
+            "slo": {
+                "percentile": d.percentile if d else policy.slo.percentile,
+                "latency_ms": slo_ms,
+                "headroom": d.headroom if d else policy.slo.headroom,
+                "window_s": policy.slo.window_s,
+                "observed_ms": None if observed is None else round(observed, 3),
+                "requests": count,
+                "attainment": None if attainment is None else round(attainment, 4),
+                "rules": list(d.rules) if d else [],
+            },
+            "controller": {
+                "slowdown": round(d.slowdown, 3) if d else None,
+                "predicted_ms": round(d.predicted_ms, 3) if d else None,
+                "feasible": d.feasible if d else None,
+                "last_reason": d.reason if d else None,
+                "profile": self._profile_source,
+                "decisions": list(self.decisions),
+            },
+            "policy": self.store.status(),
+            "telemetry": self.snapshot.as_dict(),
+            "unavailable_variants": {n: u.as_dict(now) for n, u in self.runner.health.unavailable(now).items()},
+        }

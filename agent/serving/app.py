@@ -1,0 +1,120 @@
+"""The ASGI app: FastAPI with the route groups of `agent.serving.routes`, the middleware that
+observes every request, and the one place errors become the JSON envelope."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agent import __version__
+from agent.errors import AgentError, validation_message
+from agent.serving.api import ErrorBody
+from agent.serving.envelope import error_response
+from agent.serving.routes import admin, v1, v2
+from agent.serving.state import AppState
+
+log = structlog.get_logger(__name__)
+
+
+class ObserveMiddleware:
+    """Counts every answer by route and status, logs a sample of requests, and turns any
+    unexpected exception into a logged 500 JSON answer."""
+
+    def __init__(self, app: ASGIApp, state: AppState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500, "sent": False}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                status["sent"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except ClientDisconnect:
+            # The client hung up before its body arrived: nobody to answer, nothing broken here.
+            status["code"] = 499
+            log.info("client_disconnected", path=scope.get("path"))
+        except Exception as exc:
+            log.exception("request_failed", path=scope.get("path"), error=repr(exc))
+            self.state.last_error = f"{type(exc).__name__}: {exc}"
+            self.state.metrics.errors.labels(code="internal").inc()
+            if not status["sent"]:
+                response = error_response("internal", "internal error; see the daemon log", 500)
+                await response(scope, receive, send_wrapper)
+        route = scope.get("route")
+        label = getattr(route, "path", "unmatched")
+        self.state.metrics.requests.labels(route=label, status=str(status["code"])).inc()
+        sample = self.state.settings.request_log_sample
+        if sample and random.random() < sample:
+            log.info(
+                "request",
+                method=scope["method"],
+                path=label,
+                status=status["code"],
+                ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+
+
+def create_app(state: AppState) -> FastAPI:
+    """The app of one daemon: v1, v2 and admin routes over `state`."""
+    app = FastAPI(
+        title="edge-agent",
+        version=__version__,
+        description="Adaptive on-device inference over a Unix socket.",
+        # Prometheus (/metrics) and structlog do this job here; FastAPI's OpenTelemetry hooks
+        # would only cost each request a check of the global providers.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+        responses={status: {"model": ErrorBody} for status in (400, 413, 415, 422, 503)},
+    )
+    app.add_middleware(ObserveMiddleware, state=state)
+    add_error_handlers(app, state)
+    v1.register(app, state)
+    v2.register(app, state)
+    admin.register(app, state)
+    return app
+
+
+def add_error_handlers(app: FastAPI, state: AppState) -> None:
+    """Every refusal answers the envelope with its error's code and status."""
+    metrics = state.metrics
+
+    @app.exception_handler(AgentError)
+    async def _agent_error(request: Request, exc: AgentError) -> Response:
+        headers = None
+        retry = getattr(exc, "retry_after_s", None)
+        if retry is not None:
+            headers = {"Retry-After": str(max(1, math.ceil(retry)))}
+            metrics.shed.labels(reason="deadline" if "deadline" in exc.message else "queue").inc()
+        metrics.errors.labels(code=exc.code).inc()
+        if exc.status >= 500 and retry is None:
+            state.last_error = exc.message
+        return error_response(exc.code, exc.message, exc.status, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        metrics.errors.labels(code="invalid_request").inc()
+        message = validation_message(exc) if exc.errors() else "invalid request"
+        return error_response("invalid_request", message, 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return error_response(codes.get(exc.status_code, "http_error"), str(exc.detail), exc.status_code)

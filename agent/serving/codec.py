@@ -1,0 +1,227 @@
+"""Bytes <-> tensors: the media types the API accepts, and decoding of image and .npy bodies.
+
+Fitting a decoded image to a variant's input is the zoo's (`agent.zoo.preprocess`)."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import io
+import math
+import tokenize
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, UnidentifiedImageError
+
+from agent.errors import BadInput, InvalidTensor, UnsupportedMediaType
+from agent.serving.api import V2Tensor
+
+#: Content-Types a classify request may carry: an image, or a float32 .npy tensor.
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/jpg", "image/bmp", "image/tiff", "image/webp"})
+NPY_TYPES = frozenset({"application/x-npy", "application/npy", "application/octet-stream"})
+#: The image formats decoded, the ones IMAGE_TYPES name. Pillow would otherwise open any of
+#: its ~40 formats, EPS among them, which runs Ghostscript on the body when it is installed.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+#: Refuse images that would decode to more pixels than this (decompression bombs).
+MAX_PIXELS = 40_000_000
+NPY_MAX_HEADER = 10_000  # bytes of .npy header parsed (numpy's own default limit)
+#: After an image this large, freed memory is handed back to the OS (see `release`).
+TRIM_PIXELS = 1_000_000
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _find_malloc_trim()
+
+#: glibc's mallopt parameter for the size from which blocks are mmapped (malloc.h).
+_M_MMAP_THRESHOLD = -3
+#: Request bodies, decoded images and tensors above this size get their own mapping.
+MMAP_THRESHOLD_BYTES = 256 * 1024
+
+
+def media_type(content_type: str) -> str:
+    """The bare media type of a Content-Type header: `image/png; q=1` -> `image/png`."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def check_media_type(content_type: str) -> str:
+    """The body's media type, refused (415) unless it is one a classify request may carry."""
+    kind = media_type(content_type)
+    if kind not in IMAGE_TYPES and kind not in NPY_TYPES:
+        raise UnsupportedMediaType(
+            f"Content-Type {kind or '(none)'!r} is not supported; send image/png, image/jpeg or application/x-npy"
+        )
+    return kind
+
+
+def fix_mmap_threshold() -> bool:
+    """Keep glibc's mmap threshold at MMAP_THRESHOLD_BYTES for the daemon's life. By default
+    glibc raises it to the size of each large block freed (up to 32 MB), after which bodies
+    and images of a few MB come from the heap and fragment it: bench/fuzz grew RSS by 31 MB,
+    10.7 MB with the threshold fixed. True when set (glibc only)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+
+
+def decode_npy(body: bytes) -> NDArray[np.float32]:
+    """A float32 tensor from an .npy body, read in place from the body's bytes (no copy).
+
+    The header is checked before anything is allocated: its dtype must be float32 and its
+    shape must match the bytes that follow (a lying header is a memory bomb), and pickled
+    objects or .npz archives are not .npy tensors."""
+    if not body:
+        raise BadInput("empty request body: expected an .npy tensor")
+    if not body.startswith(np.lib.format.MAGIC_PREFIX):
+        raise BadInput("body is not an .npy file (no \\x93NUMPY magic); send one array saved with numpy.save")
+    shape, fortran, dtype, offset = _npy_header(_npy_header_bytes(body))
+    if dtype != np.float32:
+        raise InvalidTensor(f"expected dtype float32, got {dtype}")
+    needed, available = math.prod(shape) * dtype.itemsize, len(body) - offset
+    if needed != available:
+        raise BadInput(
+            f".npy header declares shape {shape} ({needed} bytes) but the body holds {available} bytes of data"
+        )
+    flat = np.frombuffer(body, dtype=dtype, count=math.prod(shape), offset=offset)
+    return flat.reshape(shape, order="F" if fortran else "C")
+
+
+def _npy_header_bytes(body: bytes) -> bytes:
+    """The magic, version, length and header of an .npy body (garbage past its end is the
+    parser's to reject)."""
+    major = body[6:7]
+    if major == b"\x01" and len(body) >= 10:
+        return body[: 10 + int.from_bytes(body[8:10], "little")]
+    if major in (b"\x02", b"\x03") and len(body) >= 12:
+        return body[: 12 + min(int.from_bytes(body[8:12], "little"), NPY_MAX_HEADER)]
+    return body[:12]
+
+
+@functools.lru_cache(maxsize=32)
+def _npy_header(head: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:
+    """(shape, Fortran order, dtype, data offset) of an .npy header. Cached: a camera sends the
+    same header with every frame, and numpy parses it with ast.literal_eval (a compile per call)."""
+    stream = io.BytesIO(head)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream, max_header_size=NPY_MAX_HEADER)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream, max_header_size=NPY_MAX_HEADER)
+        else:
+            raise BadInput(f"unsupported .npy format version {version[0]}.{version[1]}; send version 1.0 or 2.0")
+    # numpy parses the header with ast.literal_eval, which lets tokenize.TokenError through too.
+    except (ValueError, OSError, EOFError, SyntaxError, RecursionError, MemoryError, tokenize.TokenError) as exc:
+        raise BadInput(f"cannot decode .npy body: {exc}") from exc
+    return shape, fortran, dtype, stream.tell()
+
+
+def open_image(body: bytes) -> Image.Image:
+    """Read only the header (cheap, on the event loop): refuse garbage and bombs early.
+    The pixels are decoded later by `Image.load()` in a worker."""
+    if not body:
+        raise BadInput("empty request body: expected an image")
+    try:
+        image = Image.open(io.BytesIO(body), formats=IMAGE_FORMATS)
+    except UnidentifiedImageError:
+        raise BadInput(f"cannot decode image: not a {', '.join(IMAGE_FORMATS)} file") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadInput(f"cannot decode image: {exc}") from exc
+    width, height = image.size
+    if width < 1 or height < 1 or width * height > MAX_PIXELS:
+        raise BadInput(f"image of {width}x{height} pixels is outside the limit of 1..{MAX_PIXELS} pixels")
+    return image
+
+
+def release(image: Image.Image) -> None:
+    """Free a decoded image now. After a large one, also return the freed heap to the OS: glibc
+    keeps freed blocks in per-thread arenas, so a few big images would otherwise leave the
+    daemon hundreds of MB larger for good."""
+    pixels = image.width * image.height
+    image.close()
+    if pixels >= TRIM_PIXELS and _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def load_pixels(image: Image.Image) -> Image.Image:
+    """Decode the pixels; a truncated or corrupt file fails here with a clear error."""
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        error = f"cannot decode image: {exc}"
+    else:
+        return image
+    # Raised outside the except block on purpose: a chained cause would keep the decoder's frames,
+    # and with them the half-decoded pixels (up to MAX_PIXELS), alive until the cycle collector runs,
+    # after `release` has trimmed the heap.
+    raise BadInput(error)
+
+
+def check_image_tensor(arr: NDArray[np.float32], max_side: int = 4096) -> NDArray[np.float32]:
+    """A client tensor as (1, 3, H, W): shape (3, H, W) or (1, 3, H, W), finite values."""
+    if arr.ndim == 3:
+        arr = arr[None]
+    if (
+        arr.ndim != 4
+        or arr.shape[0] != 1
+        or arr.shape[1] != 3
+        or not (1 <= arr.shape[2] <= max_side and 1 <= arr.shape[3] <= max_side)
+    ):
+        raise InvalidTensor(f"expected a float32 tensor of shape (3, H, W) or (1, 3, H, W), got {tuple(arr.shape)}")
+    return np.ascontiguousarray(_finite(arr))
+
+
+def _finite(arr: NDArray[np.float32]) -> NDArray[np.float32]:
+    if not np.isfinite(arr).all():
+        raise InvalidTensor("tensor contains NaN or infinity")
+    return arr
+
+
+def split_v2_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """(JSON part, binary part) of a v2 request: with the binary tensor extension the JSON is
+    the first Inference-Header-Content-Length bytes and the tensors' bytes follow."""
+    if header_length is None:
+        return body, b""
+    try:
+        split = int(header_length)
+    except ValueError:
+        raise BadInput("invalid Inference-Header-Content-Length") from None
+    if not 0 < split <= len(body):
+        raise BadInput("Inference-Header-Content-Length is outside the body")
+    return body[:split], body[split:]
+
+
+def decode_v2_tensor(tensor: V2Tensor, binary: bytes, size: int) -> NDArray[np.float32]:
+    """A v2 input tensor as (1, 3, size, size) float32: FP32, that shape, from its JSON `data`
+    or from the binary part (`parameters.binary_data_size`), finite values."""
+    if tensor.datatype != "FP32":
+        raise InvalidTensor(f"input {tensor.name!r}: datatype must be FP32, got {tensor.datatype}")
+    shape = [1, 3, size, size]
+    if tensor.shape != shape:
+        raise InvalidTensor(f"input {tensor.name!r}: shape must be {shape}, got {tensor.shape}")
+    count = 3 * size * size
+    binary_size = (tensor.parameters or {}).get("binary_data_size")
+    if binary_size is not None:
+        if type(binary_size) is not int or binary_size != 4 * count or len(binary) < binary_size:
+            raise InvalidTensor(
+                f"input {tensor.name!r}: binary_data_size {binary_size} does not match shape (needs {4 * count})"
+            )
+        arr = np.frombuffer(binary[:binary_size], dtype="<f4").reshape(shape)
+    else:
+        try:
+            arr = np.asarray(tensor.data, dtype=np.float32).reshape(shape)
+        except (ValueError, TypeError):
+            raise InvalidTensor(
+                f"input {tensor.name!r}: data does not hold {count} numbers for shape {shape}"
+            ) from None
+    return _finite(np.array(arr, dtype=np.float32))

@@ -1,0 +1,210 @@
+"""What one client connection may hold, and for how long: uvicorn's httptools protocol with the
+peer's credentials and a deadline for every phase of a connection, plus the bound on requests
+handled at once.
+
+uvicorn only times a connection between two requests (keep-alive, armed after a response), so
+a client that never sends a byte, dribbles its headers (slowloris) or stalls mid-body would
+hold its connection, and with it a descriptor and a request slot, forever. Here a connection
+is always in one phase, and each phase but the last has its own deadline:
+
+    idle     nothing under way: new, or between requests     closed after idle_s
+    headers  a request has begun, its headers are not all in  408, closed, header_s from its first byte
+    body     the request is being handled, its body is not in 408, closed, body_s from its start
+    -        the request is in and the app works on it         the runner's own admission and deadlines
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import structlog
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from agent.serving.envelope import error_body, error_response
+
+log = structlog.get_logger(__name__)
+
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """The deadline of each phase (module docstring), and what to call when one passes."""
+
+    idle_s: float
+    header_s: float
+    body_s: float
+    max_header_bytes: int = 64 * 1024
+    on_timeout: Callable[[str], None] = lambda phase: None  # e.g. a Prometheus counter by phase
+
+
+class AgentProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol, plus the peer's uid from SO_PEERCRED in `scope["state"]` and
+    the phase deadlines of the module docstring. uvicorn builds protocols itself, so the limits
+    come from the class that `protocol_class` makes."""
+
+    limits: ClassVar[ConnectionLimits]
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._timer: asyncio.TimerHandle | None = None
+        self._phase: str | None = None
+        self._header_bytes = 0
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family == socket.AF_UNIX:
+            pid, uid, gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+            self.app_state = {**self.app_state, "peer_uid": uid, "peer_pid": pid, "peer_gid": gid}
+        self._arm("idle", self.limits.idle_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    # -- phase changes, from the parser and the response ------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._phase == "headers":
+            # httptools keeps every header it is given: without a bound, one request's headers
+            # could fill the memory before the header deadline ends it.
+            self._header_bytes += len(data)
+            if self._header_bytes > self.limits.max_header_bytes:
+                self._disarm()
+                log.info(
+                    "headers_too_large", limit=self.limits.max_header_bytes, peer_pid=self.app_state.get("peer_pid")
+                )
+                self._send_error(
+                    431,
+                    "Request Header Fields Too Large",
+                    "headers_too_large",
+                    f"request headers exceed {self.limits.max_header_bytes} bytes",
+                )
+                self.transport.close()
+                return
+        super().data_received(data)
+
+    def send_400_response(self, msg: str) -> None:
+        """Bytes that are not HTTP get the same JSON error as any other bad request (uvicorn's
+        own answer is plain text); `invalid_http` tells it from a request the app refused."""
+        self._disarm()
+        self._send_error(400, "Bad Request", "invalid_http", f"{msg} The connection is closed.")
+        self.transport.close()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_bytes = 0
+        self._arm("headers", self.limits.header_s)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+        started = self.cycle is not None and self.cycle.scope is self.scope and not self.pipeline
+        if started:  # a pipelined request is timed when it starts (its reading is paused till then)
+            self._arm("body", self.limits.body_s, self.cycle)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        if self._phase == "body":
+            self._disarm()
+        if self.cycle is not None and self.cycle.response_complete:  # answered before its body was read
+            self._arm("idle", self.limits.idle_s)
+
+    def on_response_complete(self) -> None:
+        waiting = self.pipeline[-1][0] if self.pipeline else None
+        super().on_response_complete()
+        self._unset_keepalive_if_required()  # the idle phase replaces uvicorn's keep-alive timer
+        if waiting is not None and not any(cycle is waiting for cycle, _ in self.pipeline):
+            if waiting.more_body:  # the pipelined request just started; its body is still to come
+                self._arm("body", self.limits.body_s, waiting)
+        elif self._phase is None and self.cycle.response_complete:
+            self._arm("idle", self.limits.idle_s)
+
+    # -- deadlines ----------------------------------------------------------------------------------
+
+    def _arm(self, phase: str, seconds: float, cycle: RequestResponseCycle | None = None) -> None:
+        self._disarm()
+        if not self.transport.is_closing():
+            self._phase = phase
+            self._timer = self.loop.call_later(seconds, self._expired, phase, seconds, cycle)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._phase = None, None
+
+    def _expired(self, phase: str, seconds: float, cycle: RequestResponseCycle | None) -> None:
+        self._timer, self._phase = None, None
+        if self.transport.is_closing():
+            return
+        if phase == "idle" and self.cycle is not None:
+            phase = "keepalive"  # a normal end for a client's pooled connection, not a fault
+        answering = self.cycle is not None and not self.cycle.response_complete  # no 408 amid another answer
+        if phase == "headers" and not answering:
+            self._send_error(
+                408, "Request Timeout", "request_timeout", f"request headers not received within {seconds:g} s"
+            )
+        elif phase == "body" and cycle is not None:
+            if not cycle.response_started:
+                self._send_error(
+                    408, "Request Timeout", "request_timeout", f"request body not received within {seconds:g} s"
+                )
+            cycle.disconnected = True  # the app's receive() answers http.disconnect; its sends are dropped
+            cycle.message_event.set()
+        emit = log.debug if phase == "keepalive" else log.info
+        emit("connection_timeout", phase=phase, limit_s=seconds, peer_pid=self.app_state.get("peer_pid"))
+        self.limits.on_timeout(phase)
+        self.transport.close()
+
+    def _send_error(self, status: int, reason: str, code: str, message: str) -> None:
+        """A JSON error written straight to the transport: the request never reached the app."""
+        body = error_body(code, message)
+        head = [f"HTTP/1.1 {status} {reason}\r\n".encode()]
+        head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+        head += [
+            b"content-type: application/json\r\n",
+            b"content-length: " + str(len(body)).encode() + b"\r\n",
+            b"connection: close\r\n\r\n",
+        ]
+        self.transport.write(b"".join(head) + body)
+
+
+def protocol_class(limits: ConnectionLimits) -> type[AgentProtocol]:
+    """`AgentProtocol` bound to `limits` (uvicorn takes a class and calls it per connection)."""
+
+    class Bound(AgentProtocol):
+        pass
+
+    Bound.limits = limits
+    return Bound
+
+
+class RequestLimit:
+    """At most `limit` requests handled at once; the rest get a JSON 503 with Retry-After.
+    Used instead of uvicorn's limit_concurrency, which also counts open connections, so that
+    a few hundred idle ones would refuse everyone else."""
+
+    def __init__(self, app: ASGIApp, limit: int, on_refuse: Callable[[], None]) -> None:
+        self.app = app
+        self.limit = limit
+        self.on_refuse = on_refuse
+        self.active = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.limit:
+            self.on_refuse()
+            message = f"{self.active} requests in progress; try again shortly"
+            await error_response("overloaded", message, 503, {"Retry-After": "1"})(scope, receive, send)
+            return
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1

@@ -1,0 +1,192 @@
+"""`POST /v1/classify`, `GET /v1/status`, `GET /metrics`.
+
+The request path of `/v1/classify`, top to bottom: media type and query -> body (bounded) ->
+admission (the runner's one check, before anything is decoded) -> decode (header on the loop,
+pixels in the worker) -> run -> answer. Every request pays for that path on the event loop, so
+it is a plain ASGI handler behind the FastAPI route that declares it: FastAPI's per-request
+dependency solving and Request object cost more loop time than the rest of the path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, Query
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.datastructures import Headers, QueryParams
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from agent import __version__
+from agent.serving.api import Classification, ClassifyQuery
+from agent.serving.body import receive_body
+from agent.serving.codec import (
+    IMAGE_TYPES,
+    check_image_tensor,
+    check_media_type,
+    decode_npy,
+    load_pixels,
+    open_image,
+    release,
+)
+from agent.serving.envelope import json_response
+from agent.serving.runner import Outcome, Prepare
+from agent.serving.state import AppState
+from agent.zoo.preprocess import image_to_input, tensor_to_input
+from agent.zoo.sessions import LoadedVariant
+
+STATUS_WINDOW_S = 10.0  # span of the latency percentiles in /v1/status
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+def register(app: FastAPI, state: AppState) -> None:
+    """Add the v1 routes to `app`."""
+    declare_classify(app)
+    serve_raw(app, "/v1/classify", classify_handler(state))
+
+    @app.get("/v1/status")
+    async def status() -> Response:
+        return json_response(status_body(state))
+
+    @app.get("/metrics")
+    async def metrics_route() -> Response:
+        state.metrics.inflight.set(state.runner.inflight)
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def declare_classify(app: FastAPI) -> None:
+    """The OpenAPI declaration of `/v1/classify`; the route is served by `classify_handler`."""
+
+    @app.post(
+        "/v1/classify",
+        response_model=Classification,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"image/png": _BINARY, "image/jpeg": _BINARY, "application/x-npy": _BINARY},
+            }
+        },
+    )
+    async def classify(query: Annotated[ClassifyQuery, Query()]) -> Response:
+        """Classify one image (PNG/JPEG/...) or a float32 .npy tensor (3, H, W) in [0, 1]."""
+        raise NotImplementedError("served by classify_handler")  # this function only declares the schema
+
+
+def serve_raw(app: FastAPI, path: str, handler: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+    """Serve the declared route `path` with a plain ASGI `handler`, keeping its OpenAPI entry."""
+    route = next(r for r in app.router.routes if isinstance(r, Route) and r.path == path)
+    route.app = handler
+
+
+def classify_handler(state: AppState) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    runner, settings = state.runner, state.settings
+
+    async def classify(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope)
+        kind = check_media_type(headers.get("content-type", ""))
+        try:
+            query = ClassifyQuery.model_validate(dict(QueryParams(scope["query_string"])))
+        except ValidationError as exc:
+            raise RequestValidationError([{**e, "loc": ("query", *e["loc"])} for e in exc.errors()]) from None
+        body = await receive_body(receive, headers.get("content-length"), settings.max_body_bytes)
+        ticket = runner.admit(query.deadline_ms)
+        try:
+            prepare = decoder(kind, body)
+        except BaseException:
+            runner.release(ticket)
+            raise
+        outcome = await runner.run(ticket, prepare)
+        await json_response(answer(state, outcome, query.explain))(scope, receive, send)
+
+    return classify
+
+
+def decoder(kind: str, body: bytes) -> Prepare:
+    """Check the body on the loop (image header, tensor shape); the worker makes the input."""
+    if kind in IMAGE_TYPES:
+        image = open_image(body)
+
+        def prepare_image(variant: LoadedVariant) -> np.ndarray:
+            try:
+                return image_to_input(load_pixels(image), variant.spec.resolution)
+            finally:
+                release(image)
+
+        return prepare_image
+    tensor = check_image_tensor(decode_npy(body))
+
+    def prepare_tensor(variant: LoadedVariant) -> np.ndarray:
+        return tensor_to_input(tensor, variant.spec.resolution)
+
+    return prepare_tensor
+
+
+def answer(state: AppState, outcome: Outcome, explain: bool) -> dict[str, Any]:
+    """The `Classification` answer as a plain dict: built on the event loop for every request,
+    so it skips pydantic (the route's response_model still documents it)."""
+    metrics, classes = state.metrics, state.zoo.classes
+    probs = outcome.prediction.probs[0].tolist()
+    order = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)[:3]
+    top = [{"label": classes[i], "score": round(probs[i], 6)} for i in order]
+    metrics.inference_seconds.labels(variant=outcome.config.variant).observe(
+        (outcome.queue_ms + outcome.compute_ms) / 1000
+    )
+    metrics.queue_seconds.observe(outcome.queue_ms / 1000)
+    result: dict[str, Any] = {
+        "label": top[0]["label"],
+        "score": top[0]["score"],
+        "top": top,
+        "variant": outcome.config.variant,
+        "budget": outcome.config.budget,
+        "kept_tokens": outcome.prediction.kept_tokens,
+        "queue_ms": round(outcome.queue_ms, 3),
+        "compute_ms": round(outcome.compute_ms, 3),
+    }
+    if explain and outcome.prediction.attention is not None:
+        result["attention"] = np.round(outcome.prediction.attention[0], 5).tolist()
+    return result
+
+
+def status_body(state: AppState) -> dict[str, Any]:
+    """`GET /v1/status`: the configuration in force and why, the queue, the latency window."""
+    runner, zoo, settings = state.runner, state.zoo, state.settings
+    pin = runner.pin_state
+    body: dict[str, Any] = {
+        "version": __version__,
+        "ready": state.ready and not state.draining,
+        "draining": state.draining,
+        "uptime_s": round(time.time() - state.started_at, 1),
+        "config": {
+            "current": str(runner.current),
+            "variant": runner.current.variant,
+            "budget": runner.current.budget,
+            "reason": runner.reason,
+            "since": runner.since,
+            "pinned": {"config": str(pin.config), "until": pin.until, "reason": pin.reason} if pin else None,
+        },
+        "decisions": [{"at": s.at, "old": s.old, "new": s.new, "reason": s.reason} for s in runner.history],
+        "variants": {
+            n: {"resolution": v.spec.resolution, "tokens": v.spec.tokens, "budgets": list(v.spec.budgets)}
+            for n, v in zoo.variants.items()
+        },
+        "failed_variants": zoo.failures,
+        "queue": {
+            "inflight": runner.inflight,
+            "capacity": runner.capacity,
+            "workers": runner.workers,
+            "ort_threads": settings.ort_threads,
+            "loop_priority": state.loop_priority,
+        },
+        "window": {"span_s": STATUS_WINDOW_S, **runner.window.stats(runner.clock.monotonic(), STATUS_WINDOW_S)},
+        "zoo": str(zoo.directory),
+        "socket": str(settings.socket),
+        "last_error": state.last_error,
+    }
+    if state.extra_status:
+        body.update(state.extra_status())
+    return body

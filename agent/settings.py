@@ -1,0 +1,119 @@
+"""Daemon settings: validated once, from defaults < config file (YAML) < EDGE_AGENT_* env."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from agent.errors import AgentError, validation_message
+from agent.paths import default_socket, default_zoo_dir
+
+#: Settings a reload (SIGHUP, `systemctl reload`) applies at once; the others need a restart.
+LIVE_SETTINGS = frozenset({"admin_uids", "request_log_sample", "log_level"})
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class Settings(BaseSettings):
+    """Everything `edge-agent serve` can be told. Threads: `workers` requests run at once,
+    each onnxruntime call on `ort_threads` threads; by default workers x threads = cores, so
+    the CPU is never oversubscribed and two requests on two cores do not wait on each other."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGE_AGENT_", extra="forbid")
+
+    socket: Path = Field(default_factory=default_socket)
+    socket_mode: int = 0o660
+    zoo: Path = Field(default_factory=default_zoo_dir)
+    policy: Path | None = None
+    state_dir: Path | None = None
+    workers: int = Field(default=0, ge=0, le=64, description="0: one per core")
+    ort_threads: int = Field(default=0, ge=0, le=64, description="0: cores // workers")
+    queue_size: int = Field(default=32, ge=0, le=10_000, description="Requests waiting beyond the workers")
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="Answer 431 and close when a request's headers grow past this"
+    )
+    drain_timeout_s: float = Field(default=10.0, ge=0)
+    idle_timeout_s: float = Field(
+        default=10.0, gt=0, description="Close a connection with no request under way (new or kept alive) after this"
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="Answer 408 and close if request headers take longer, from their first byte"
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="Answer 408 and close if a request body takes longer, from its headers"
+    )
+    loop_priority: int = Field(
+        default=5,
+        ge=0,
+        le=20,
+        description="Nice levels the event-loop thread runs above the workers, so it answers at once under full load",
+    )
+    admin_uids: list[int] = Field(default_factory=list, description="Besides root and the daemon's own uid")
+    default_variant: str = "full"
+    default_budget: float = Field(default=1.0, gt=0, le=1)
+    warmup_runs: int = Field(default=3, ge=0)
+    log_level: str = "info"
+    log_json: bool | None = None
+    request_log_sample: float = Field(default=0.0, ge=0, le=1, description="Share of requests logged at info")
+    window_s: float = Field(default=60.0, gt=0, description="Latency samples kept (status, controller)")
+    controller_interval_s: float = Field(default=0.5, gt=0, le=60, description="Controller tick period")
+    policy_watch_s: float = Field(default=1.0, gt=0, le=3600, description="Policy file change check period")
+    telemetry_source: Literal["psutil", "file", "trace"] = "psutil"
+    telemetry_file: Path | None = Field(default=None, description="Override file merged over psutil (source 'file')")
+    telemetry_trace: Path | None = Field(default=None, description="JSONL trace to replay (source 'trace')")
+    sysfs_root: Path = Path("/sys")
+    telemetry_interval_s: float = Field(default=1.0, gt=0, description="Seconds between telemetry readings")
+
+    @model_validator(mode="after")
+    def _threads(self) -> Settings:
+        cores = _cores()
+        if self.workers == 0:
+            self.workers = max(1, cores // max(1, self.ort_threads)) if self.ort_threads else cores
+        if self.ort_threads == 0:
+            self.ort_threads = max(1, cores // self.workers)
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Command-line flags (init) win over the environment, which wins over the file.
+        return (init_settings, env_settings)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from an optional YAML file, the environment and explicit overrides."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            loaded = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise AgentError(f"{config_file}: cannot read config: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise AgentError(f"{config_file}: expected a mapping of settings")
+        values.update(loaded)
+    env_keys = {k[len("EDGE_AGENT_") :].lower() for k in os.environ if k.startswith("EDGE_AGENT_")}
+    for key in env_keys:
+        values.pop(key, None)  # the environment wins over the file
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        source = f"{config_file}: " if config_file else ""
+        raise AgentError(f"{source}invalid setting {validation_message(exc)}") from exc

@@ -1,0 +1,433 @@
+"""The serving layer in process: the app against a fake runner (no sessions, no socket), and the
+protocol driven the way uvicorn tests its own, with a mock transport and a mock loop whose
+timers the test fires: deadlines are deterministic, nothing sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+import uvicorn
+from PIL import Image
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.server import ServerState
+
+from agent.errors import InvalidTensor, Overloaded
+from agent.serving.admission import Clock, LatencyWindow, Ticket
+from agent.serving.app import create_app
+from agent.serving.health import VariantHealth
+from agent.serving.metrics import Metrics
+from agent.serving.protocol import AgentProtocol, ConnectionLimits, protocol_class
+from agent.serving.runner import Outcome, Prepare
+from agent.serving.state import AppState
+from agent.settings import Settings
+from agent.values import Config, Pin
+from agent.zoo.sessions import Prediction
+
+SIZE = 8
+CLASSES = ["ok", "scratch", "crack"]
+VARIANT = SimpleNamespace(name="full", spec=SimpleNamespace(resolution=SIZE, tokens=16, budgets=(1.0, 0.5)))
+
+
+class FakeRunner:
+    """What the routes use of a Runner: admission is recorded, a run prepares its input (so
+    decoding really happens) and answers fixed scores."""
+
+    def __init__(self) -> None:
+        self.current = Config("full", 1.0)
+        self.reason, self.since, self.pin_state = "initial configuration", 0.0, None
+        self.history: list[Any] = []
+        self.inflight, self.capacity, self.workers = 0, 3, 1
+        self.window, self.clock, self.health = LatencyWindow(10.0), Clock(), VariantHealth()
+        self.admitted: list[Ticket] = []
+        self.released: list[Ticket] = []
+        self.refuse: Exception | None = None
+        self.fail: Exception | None = None
+        self.inputs: list[np.ndarray] = []
+
+    def admit(self, deadline_ms: float | None = None, fixed: Config | None = None) -> Ticket:
+        if self.refuse is not None:
+            raise self.refuse
+        ticket = Ticket(fixed, 0.0, None)
+        self.admitted.append(ticket)
+        return ticket
+
+    def release(self, ticket: Ticket) -> None:
+        self.released.append(ticket)
+
+    async def run(self, ticket: Ticket, prepare: Prepare) -> Outcome:
+        self.inputs.append(prepare(VARIANT))  # type: ignore[arg-type]
+        if self.fail is not None:
+            raise self.fail
+        probs = np.array([[0.1, 0.7, 0.2]], np.float32)
+        return Outcome(ticket.fixed or self.current, Prediction(probs, None, 1.0, 16), 0.5, 2.0)
+
+    def validate(self, config: Config) -> Config:
+        return config
+
+    def pin(self, config: Config, seconds: float, reason: str) -> Pin:
+        return Pin(config, 1000.0 + seconds, reason)
+
+    def unpin(self, reason: str) -> bool:
+        return False
+
+
+def as_peer(app: ASGIApp, uid: int | None) -> ASGIApp:
+    """The app as the protocol hands it a request: the peer's uid in scope["state"]."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if uid is not None:
+            scope["state"] = {"peer_uid": uid}
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> AppState:
+    zoo = SimpleNamespace(
+        classes=CLASSES,
+        manifest=SimpleNamespace(name="edge"),
+        variants={"full": VARIANT},
+        failures={},
+        directory=tmp_path,
+    )
+    settings = Settings(socket=tmp_path / "s.sock", zoo=tmp_path, max_body_bytes=64 * 1024)
+    st = AppState(settings=settings, zoo=zoo, runner=FakeRunner(), metrics=Metrics())  # type: ignore[arg-type]
+    st.ready = True
+    return st
+
+
+@pytest.fixture
+def runner(state: AppState) -> FakeRunner:
+    return state.runner  # type: ignore[return-value]
+
+
+class Client:
+    """Requests to the app in process (httpx's ASGI transport), one event loop per request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # type: ignore[arg-type]
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        async def send() -> httpx.Response:
+            async with httpx.AsyncClient(transport=self.transport, base_url="http://edge-agent") as http:
+                return await http.request(method, url, **kwargs)
+
+        return asyncio.run(send())
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", url, **kwargs)
+
+
+def client(state: AppState, uid: int | None = None) -> Client:
+    return Client(as_peer(create_app(state), uid))
+
+
+def png(size: int = 20) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), (200, 10, 10)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def error(response: Any) -> tuple[int, str]:
+    return response.status_code, response.json()["error"]["code"]
+
+
+# -- the app against a fake runner ----------------------------------------------------------------
+
+
+def test_classify_admits_once_after_the_body_and_answers_label_scores_and_config(
+    state: AppState, runner: FakeRunner
+) -> None:
+    answer = client(state).post("/v1/classify", content=png(), headers={"Content-Type": "image/png"})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["label"], body["variant"], body["budget"]) == ("scratch", "full", 1.0)
+    assert [t["label"] for t in body["top"]] == ["scratch", "crack", "ok"]
+    assert len(runner.admitted) == 1 and runner.released == []
+    assert runner.inputs[0].shape == (1, 3, SIZE, SIZE)  # the image was fitted to the variant
+
+
+def test_classify_accepts_a_npy_tensor(state: AppState, runner: FakeRunner) -> None:
+    buf = io.BytesIO()
+    np.save(buf, np.full((3, 4, 4), 0.5, np.float32))
+    answer = client(state).post("/v1/classify", content=buf.getvalue(), headers={"Content-Type": "application/x-npy"})
+    assert answer.status_code == 200 and runner.inputs[0].shape == (1, 3, SIZE, SIZE)
+
+
+def test_an_unsupported_media_type_is_refused_before_admission(state: AppState, runner: FakeRunner) -> None:
+    answer = client(state).post("/v1/classify", content=b"x", headers={"Content-Type": "text/plain"})
+    assert error(answer) == (415, "unsupported_media_type") and runner.admitted == []
+
+
+def test_a_refused_admission_is_503_with_retry_after(state: AppState, runner: FakeRunner) -> None:
+    runner.refuse = Overloaded("queue full (3 requests admitted)", retry_after_s=0.2)
+    answer = client(state).post("/v1/classify", content=png(), headers={"Content-Type": "image/png"})
+    assert error(answer) == (503, "overloaded") and answer.headers["Retry-After"] == "1"
+
+
+def test_a_body_that_does_not_decode_is_400_and_gives_its_place_back(state: AppState, runner: FakeRunner) -> None:
+    answer = client(state).post("/v1/classify", content=b"not a png", headers={"Content-Type": "image/png"})
+    assert error(answer) == (400, "bad_input")
+    assert runner.released == runner.admitted and len(runner.admitted) == 1
+
+
+def test_an_invalid_query_is_422_naming_the_parameter(state: AppState) -> None:
+    answer = client(state).post("/v1/classify?deadline_ms=-1", content=png(), headers={"Content-Type": "image/png"})
+    assert error(answer) == (422, "invalid_request")
+    assert answer.json()["error"]["message"].startswith("query.deadline_ms:")
+
+
+def test_a_body_over_the_limit_is_413_before_admission(state: AppState, runner: FakeRunner) -> None:
+    answer = client(state).post("/v1/classify", content=b"x" * (65 * 1024), headers={"Content-Type": "image/png"})
+    assert error(answer) == (413, "payload_too_large") and runner.admitted == []
+
+
+def test_an_unexpected_failure_is_a_logged_500_envelope(state: AppState, runner: FakeRunner) -> None:
+    runner.fail = RuntimeError("boom")
+    answer = client(state).post("/v1/classify", content=png(), headers={"Content-Type": "image/png"})
+    assert error(answer) == (500, "internal") and state.last_error == "RuntimeError: boom"
+
+
+def test_unknown_routes_and_methods_answer_the_envelope(state: AppState) -> None:
+    assert error(client(state).get("/nope")) == (404, "not_found")
+    assert error(client(state).get("/v1/classify")) == (405, "method_not_allowed")
+
+
+def v2_request(shape: list[int], data: list[float] | None = None) -> dict[str, Any]:
+    count = int(np.prod(shape))
+    return {"inputs": [{"name": "image", "datatype": "FP32", "shape": shape, "data": data or [0.5] * count}]}
+
+
+def test_v2_infer_runs_a_json_tensor_on_a_named_variant(state: AppState, runner: FakeRunner) -> None:
+    answer = client(state).post("/v2/models/full/infer", json=v2_request([1, 3, SIZE, SIZE]))
+    assert answer.status_code == 200, answer.text
+    outputs = {o["name"]: o for o in answer.json()["outputs"]}
+    assert outputs["label"]["data"] == ["scratch"] and runner.admitted[0].fixed == Config("full", 1.0)
+
+
+def test_v2_binary_tensor_extension(state: AppState, runner: FakeRunner) -> None:
+    tensor = np.full((1, 3, SIZE, SIZE), 0.25, np.float32)
+    head = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "FP32",
+                    "shape": [1, 3, SIZE, SIZE],
+                    "parameters": {"binary_data_size": tensor.nbytes},
+                }
+            ]
+        }
+    )
+    answer = client(state).post(
+        "/v2/models/edge/infer",
+        content=head + tensor.tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"},
+    )
+    assert answer.status_code == 200, answer.text
+    assert runner.admitted[0].fixed is None and float(runner.inputs[0].mean()) == pytest.approx(0.25)
+
+
+def test_v2_tensor_of_the_wrong_shape_is_422_and_gives_its_place_back(state: AppState, runner: FakeRunner) -> None:
+    answer = client(state).post("/v2/models/full/infer", json=v2_request([1, 3, 4, 4]))
+    assert error(answer) == (422, "invalid_tensor") and "shape must be [1, 3, 8, 8]" in answer.text
+    assert runner.released == runner.admitted
+
+
+def test_v2_body_that_is_not_json_is_400_and_an_unknown_model_404(state: AppState) -> None:
+    assert error(client(state).post("/v2/models/full/infer", content=b"{")) == (400, "bad_input")
+    assert error(client(state).post("/v2/models/zzz/infer", json=v2_request([1, 3, SIZE, SIZE]))) == (404, "not_found")
+
+
+def test_a_bad_pin_body_is_invalid_request_and_a_good_one_pins(state: AppState) -> None:
+    admin = client(state, uid=os.getuid())
+    refused = admin.post("/v1/pin", json={"config": "full@1", "seconds": -1})
+    assert error(refused) == (422, "invalid_request")
+    assert refused.json()["error"]["message"].startswith("seconds:")
+    made = admin.post("/v1/pin", json={"config": "full@0.5", "seconds": 60, "reason": "test"})
+    assert made.status_code == 200 and made.json()["config"] == "full@0.5"
+
+
+def test_admin_routes_refuse_a_peer_without_credentials(state: AppState) -> None:
+    assert error(client(state, uid=None).post("/v1/pin", json={"config": "full@1"})) == (403, "forbidden")
+
+
+def test_policy_reload_awaits_the_daemons_reload(state: AppState) -> None:
+    calls: list[str] = []
+
+    async def reload() -> dict[str, Any]:
+        calls.append("reload")
+        return {"reloaded": True}
+
+    state.reload = reload
+    answer = client(state, uid=os.getuid()).post("/v1/policy/reload")
+    assert answer.json() == {"reloaded": True} and calls == ["reload"]
+
+
+def test_status_and_metrics_describe_the_runner(state: AppState) -> None:
+    status = client(state).get("/v1/status").json()
+    assert status["config"]["current"] == "full@1" and status["queue"]["capacity"] == 3
+    metrics = client(state).get("/metrics").text
+    assert "edge_agent_inflight_requests" in metrics
+    names = [line.split()[2] for line in metrics.splitlines() if line.startswith("# TYPE")]
+    assert names and all(name.startswith("edge_agent_") for name in names)
+
+
+def test_invalid_tensor_errors_keep_their_code(state: AppState, runner: FakeRunner) -> None:
+    runner.fail = InvalidTensor("nope")
+    answer = client(state).post("/v1/classify", content=png(), headers={"Content-Type": "image/png"})
+    assert error(answer) == (422, "invalid_tensor")
+
+
+# -- the protocol with a mock transport and loop (uvicorn's own test pattern) ----------------------
+
+
+class MockTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.buffer = b""
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        self.buffer += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        pass
+
+
+class MockTimer:
+    def __init__(self, delay: float, callback: Callable[..., None], args: tuple[Any, ...]) -> None:
+        self.delay, self.callback, self.args, self.cancelled = delay, callback, args, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class MockTask:
+    def add_done_callback(self, callback: Callable[..., None]) -> None:
+        pass
+
+
+class MockLoop:
+    """Timers are kept for the test to fire; tasks are kept for the test to run."""
+
+    def __init__(self) -> None:
+        self.timers: list[MockTimer] = []
+        self.tasks: list[Coroutine[Any, Any, None]] = []
+
+    def call_later(self, delay: float, callback: Callable[..., None], *args: Any) -> MockTimer:
+        timer = MockTimer(delay, callback, args)
+        self.timers.append(timer)
+        return timer
+
+    def create_task(self, coro: Coroutine[Any, Any, None], **_: Any) -> MockTask:
+        self.tasks.append(coro)
+        return MockTask()
+
+    def pending(self) -> list[MockTimer]:
+        return [t for t in self.timers if not t.cancelled]
+
+    def fire(self) -> None:
+        """Run the one pending timer, as if its deadline passed."""
+        [timer] = self.pending()
+        timer.cancelled = True
+        timer.callback(*timer.args)
+
+
+LIMITS = ConnectionLimits(idle_s=10, header_s=5, body_s=30, max_header_bytes=1024)
+
+
+async def hello(scope: Scope, receive: Receive, send: Send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"hi"})
+
+
+def connect(app: ASGIApp = hello, limits: ConnectionLimits = LIMITS) -> tuple[AgentProtocol, MockTransport, MockLoop]:
+    loop = MockLoop()
+    config = uvicorn.Config(app, http=protocol_class(limits), lifespan="off", log_config=None, access_log=False)
+    config.load()
+    protocol = protocol_class(limits)(config, ServerState(), {}, _loop=loop)  # type: ignore[arg-type]
+    transport = MockTransport()
+    protocol.connection_made(transport)
+    return protocol, transport, loop
+
+
+def envelope(raw: bytes) -> tuple[int, str]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), orjson.loads(body)["error"]["code"]
+
+
+def test_a_new_connection_is_closed_silently_after_the_idle_deadline() -> None:
+    _, transport, loop = connect()
+    assert [t.delay for t in loop.pending()] == [LIMITS.idle_s]
+    loop.fire()
+    assert transport.closed and transport.buffer == b""
+
+
+def test_headers_that_never_end_get_a_json_408_at_the_header_deadline() -> None:
+    protocol, transport, loop = connect()
+    protocol.data_received(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\n")
+    assert [t.delay for t in loop.pending()] == [LIMITS.header_s]
+    loop.fire()
+    assert envelope(transport.buffer) == (408, "request_timeout") and transport.closed
+
+
+def test_headers_past_the_bound_get_a_json_431() -> None:
+    protocol, transport, _ = connect()
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    protocol.data_received(b"X-Big: " + b"a" * 2000 + b"\r\n")
+    assert envelope(transport.buffer) == (431, "headers_too_large") and transport.closed
+
+
+def test_bytes_that_are_not_http_get_a_json_400() -> None:
+    protocol, transport, _ = connect()
+    protocol.data_received(b"\x00\x01 not http\r\n\r\n")
+    assert envelope(transport.buffer) == (400, "invalid_http") and transport.closed
+
+
+def test_a_body_that_stalls_gets_a_json_408_at_the_body_deadline() -> None:
+    protocol, transport, loop = connect()
+    protocol.data_received(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12")
+    assert [t.delay for t in loop.pending()] == [LIMITS.body_s]
+    loop.fire()
+    assert envelope(transport.buffer) == (408, "request_timeout") and transport.closed
+    for task in loop.tasks:  # the app's task for the request, never started here
+        task.close()
+
+
+def test_an_answered_request_arms_the_idle_deadline_again() -> None:
+    protocol, transport, loop = connect()
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    [task] = loop.tasks
+    asyncio.run(task)
+    assert transport.buffer.startswith(b"HTTP/1.1 200") and transport.buffer.endswith(b"hi")
+    assert [t.delay for t in loop.pending()] == [LIMITS.idle_s] and not transport.closed
