@@ -36,6 +36,13 @@ class InvalidTensor(AgentError):
     status = 422
 
 
+class RoiOutsideFrame(AgentError):
+    """The region of interest reaches outside the frame it should be cut from."""
+
+    code = "roi_outside_frame"
+    status = 422
+
+
 class NotFound(AgentError):
     code = "not_found"
     status = 404

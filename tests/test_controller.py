@@ -146,3 +146,25 @@ def test_never_switches_up_faster_than_the_dwell(trace: list[tuple[float, float 
             assert last_switch is not None and now - last_switch >= 5.0 - 1e-9, (now, last_switch)
         if d.switch:
             last_switch = now
+
+
+def test_slow_decoding_is_added_to_every_prediction_not_taken_for_a_slower_model() -> None:
+    """A stream of 4K frames: full@1 is observed at 22 ms p95 (SLO 20), 12 ms of it decoding
+    the JPEGs. The model runs as profiled (slowdown 1), so every configuration pays the same
+    12 ms on top of its model time: the controller steps down to the most accurate one that
+    fits 0.8 x 20 ms that way (lowres@1, 4 + 12 ms). Without the decode term the 22 ms read as
+    a 2.2x slowdown (1.6 after smoothing) that full@1 itself is predicted to fit, and it stays."""
+    state = ControllerState(config=Config("full", 1.0), slowdown=1.0, last_switch_at=-100.0)
+    d, _ = decide(POLICY, IDLE, Observed(state.config, 22.0, MIN_SAMPLES, decode_ms=12.0), OPTIONS, state, 1.0, NOON)
+    assert d.switch and d.config == Config("lowres", 1.0)
+    assert d.slowdown == 1.0 and d.decode_ms == 12.0
+    assert d.predicted_ms == 4.0 + 12.0 <= d.headroom * d.slo_ms
+    assert "incl. 12.0 ms decoding" in d.reason
+    blind, _ = decide(POLICY, IDLE, Observed(state.config, 22.0, MIN_SAMPLES), OPTIONS, state, 1.0, NOON)
+    assert blind.slowdown > 1.5 and not blind.switch and blind.config == Config("full", 1.0)
+
+
+def test_decode_term_never_makes_the_slowdown_negative() -> None:
+    state = ControllerState(config=Config("full", 1.0), slowdown=1.0, last_switch_at=-100.0)
+    d, _ = decide(POLICY, IDLE, Observed(state.config, 5.0, MIN_SAMPLES, decode_ms=8.0), OPTIONS, state, 1.0, NOON)
+    assert d.slowdown > 0 and all(v >= 8.0 for v in d.predictions.values())

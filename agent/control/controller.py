@@ -31,11 +31,16 @@ SLOWDOWN_RANGE = (0.25, 50.0)
 
 @dataclass(frozen=True)
 class Observed:
-    """The latency window of the configuration in force: its percentile and sample count."""
+    """The latency window of the configuration in force: its percentile and sample count, and
+    the median time recent requests spent decoding their body into the model's input. Decoding
+    happens outside the model, costs every configuration about the same (a 4K JPEG frame far
+    more than a 128 px PNG), and does not scale with the model's slowdown, so it is taken out
+    of the slowdown and added to every prediction."""
 
     config: Config | None
     percentile_ms: float | None
     count: int
+    decode_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ class Decision:
     feasible: bool
     rules: tuple[str, ...] = ()
     predictions: dict[str, float] = field(default_factory=dict)
+    decode_ms: float = 0.0
 
 
 def profiled_percentile(profile: LatencyProfile, budget: float, threads: int, percentile: float) -> float | None:
@@ -117,7 +123,7 @@ def decide(
     by_config = {o.config: o for o in options}
     current = state.config if state.config in by_config else None
     slowdown = _slowdown(state.slowdown, observed, current, by_config)
-    plan = _plan(c, options, slowdown)
+    plan = _plan(c, options, slowdown, observed.decode_ms)
     base = replace(state, slowdown=slowdown)
     if current is None or current not in plan.predicted:
         why = "start" if state.config is None else f"{state.config} is not allowed or not available now"
@@ -134,7 +140,8 @@ def _slowdown(previous: float, observed: Observed, current: Config | None, by_co
     """How much slower than profiled the configuration in force runs now (EWMA, bounded)."""
     if current is None or observed.config != current or observed.count < MIN_SAMPLES or not observed.percentile_ms:
         return previous
-    ratio = observed.percentile_ms / by_config[current].profiled_ms
+    model_ms = max(observed.percentile_ms - observed.decode_ms, 0.05 * observed.percentile_ms)
+    ratio = model_ms / by_config[current].profiled_ms
     slowdown = (1 - ALPHA) * previous + ALPHA * ratio
     return min(max(slowdown, SLOWDOWN_RANGE[0]), SLOWDOWN_RANGE[1])
 
@@ -145,6 +152,7 @@ class _Plan:
 
     c: Constraints
     slowdown: float
+    decode_ms: float
     predicted: dict[Config, float]
     feasible: bool
     target: Option
@@ -171,22 +179,25 @@ class _Plan:
             self.feasible,
             c.rules,
             {str(k): round(v, 3) for k, v in self.predicted.items()},
+            self.decode_ms,
         )
         return decision, new_state
 
 
-def _plan(c: Constraints, options: list[Option], slowdown: float) -> _Plan:
+def _plan(c: Constraints, options: list[Option], slowdown: float, decode_ms: float) -> _Plan:
     allowed = [o for o in options if _allowed(o.config, c)]
     if not allowed:  # the rules leave nothing that is loaded: fall back to every option
         allowed = list(options)
     bound = c.headroom * c.slo_ms
-    predicted = {o.config: o.profiled_ms * slowdown for o in allowed}
+    predicted = {o.config: o.profiled_ms * slowdown + decode_ms for o in allowed}
+    decode = f" incl. {_ms(decode_ms)} decoding" if decode_ms >= 0.05 else ""
     feasible = [o for o in allowed if predicted[o.config] <= bound]
     if feasible:
         preferred = [o for o in feasible if c.prefer and o.config.variant == c.prefer]
         target = max(preferred or feasible, key=lambda o: (o.accuracy, -predicted[o.config]))
         why_target = (
-            f"{target.config} predicted {_ms(predicted[target.config])} <= {c.headroom:g} x SLO {_ms(c.slo_ms)}, "
+            f"{target.config} predicted {_ms(predicted[target.config])}{decode} <= {c.headroom:g} x SLO "
+            f"{_ms(c.slo_ms)}, "
             f"{'preferred variant' if preferred else 'most accurate feasible'} "
             f"(test accuracy {target.accuracy:.1%})"
         )
@@ -194,9 +205,9 @@ def _plan(c: Constraints, options: list[Option], slowdown: float) -> _Plan:
         target = min(allowed, key=lambda o: predicted[o.config])
         why_target = (
             f"nothing is predicted under {c.headroom:g} x SLO {_ms(c.slo_ms)}: cheapest {target.config} "
-            f"predicted {_ms(predicted[target.config])}"
+            f"predicted {_ms(predicted[target.config])}{decode}"
         )
-    return _Plan(c, slowdown, predicted, bool(feasible), target, why_target)
+    return _Plan(c, slowdown, decode_ms, predicted, bool(feasible), target, why_target)
 
 
 def _step(

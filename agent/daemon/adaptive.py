@@ -132,6 +132,11 @@ class AdaptiveLoop:
         usable = [o for o in self.options if o.config.variant not in retired]
         return [o for o in usable if o.config.variant not in unavailable] or usable
 
+    def _decode_ms(self, now: float, span_s: float) -> float:
+        """Median decode + resize time of the window's requests, any configuration (0 with none)."""
+        median, _ = self.runner.decode_window.percentile(now, 50, span_s)
+        return median or 0.0
+
     def tick(self) -> Decision | None:
         """One controller step; switches the runner when the controller says so."""
         now = time.monotonic()
@@ -146,7 +151,13 @@ class AdaptiveLoop:
         p, count = self.runner.window.percentile(now, policy.slo.percentile, policy.slo.window_s, current)
         local = dt.datetime.fromtimestamp(self.snapshot.time).time()  # the gateway's time zone, for time_between rules
         decision, self.state = decide(
-            policy, self.snapshot, Observed(current, p, count), options, self.state, now, local
+            policy,
+            self.snapshot,
+            Observed(current, p, count, self._decode_ms(now, policy.slo.window_s)),
+            options,
+            self.state,
+            now,
+            local,
         )
         away = unavailable.get(current.variant)
         if decision.switch and away is not None and decision.config.variant != current.variant:
@@ -156,6 +167,7 @@ class AdaptiveLoop:
             )
         self.last = decision
         self.metrics.slowdown.set(decision.slowdown)
+        self.metrics.decode_term.set(decision.decode_ms / 1000)
         self.metrics.slo_ms.set(decision.slo_ms)
         attainment = self.runner.window.attainment(now, decision.slo_ms, policy.slo.window_s)
         if attainment is not None:
@@ -191,6 +203,7 @@ class AdaptiveLoop:
             },
             "controller": {
                 "slowdown": round(d.slowdown, 3) if d else None,
+                "decode_ms": round(d.decode_ms, 3) if d else None,
                 "predicted_ms": round(d.predicted_ms, 3) if d else None,
                 "feasible": d.feasible if d else None,
                 "last_reason": d.reason if d else None,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agent.zoo.preprocess import ChannelOrder, Roi
 
 
 class ErrorDetail(BaseModel):
@@ -29,7 +31,8 @@ class Classification(BaseModel):
     budget: float
     kept_tokens: int
     queue_ms: float
-    compute_ms: float
+    decode_ms: float = Field(description="Body to model input: decode, crop, resize")
+    compute_ms: float = Field(description="The model's run")
     attention: list[list[float]] | None = None
 
 
@@ -38,6 +41,15 @@ class ClassifyQuery(BaseModel):
 
     deadline_ms: float | None = Field(None, gt=0, le=600_000, description="Refuse (503) if not answerable in time")
     explain: bool = Field(False, description="Add the CLS attention map over the patch grid")
+    roi: Roi | None = Field(
+        None, description="x,y,w,h in source pixels: classify this region of the frame (cropped before the resize)"
+    )
+    channel_order: ChannelOrder = Field("rgb", description="Of a uint8 (H, W, 3) .npy frame: rgb, or bgr (OpenCV)")
+
+    @field_validator("roi", mode="before")
+    @classmethod
+    def _parse_roi(cls, value: object) -> object:
+        return Roi.parse(value) if isinstance(value, str) else value
 
 
 class PinRequest(BaseModel):

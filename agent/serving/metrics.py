@@ -18,13 +18,22 @@ class Metrics:
         )
         self.inference_seconds = Histogram(
             "edge_agent_inference_seconds",
-            "Queue + compute time of answered inferences",
+            "Queue + decode + model time of answered inferences",
             ["variant"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.queue_seconds = Histogram(
             "edge_agent_queue_seconds", "Time waiting for a worker", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.decode_seconds = Histogram(
+            "edge_agent_decode_seconds",
+            "Time turning a request body into the model's input (decode, crop, resize)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_seconds = Histogram(
+            "edge_agent_model_seconds", "Time running the model", ["variant"], buckets=_LATENCY_BUCKETS, registry=r
         )
         self.shed = Counter("edge_agent_shed_total", "Requests refused with 503", ["reason"], registry=r)
         self.inflight = Gauge("edge_agent_inflight_requests", "Admitted requests not yet finished", registry=r)
@@ -45,6 +54,11 @@ class Metrics:
         self.slo_ms = Gauge("edge_agent_slo_latency_ms", "The latency SLO in force, ms", registry=r)
         self.slowdown = Gauge(
             "edge_agent_controller_slowdown", "Observed / profiled latency of the configuration in force", registry=r
+        )
+        self.decode_term = Gauge(
+            "edge_agent_controller_decode_seconds",
+            "Median decode time of recent requests, added to every configuration's predicted latency",
+            registry=r,
         )
         self.telemetry = Gauge("edge_agent_telemetry", "Latest telemetry reading", ["field"], registry=r)
 

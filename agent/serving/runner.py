@@ -34,7 +34,8 @@ class Outcome:
     config: Config
     prediction: Prediction
     queue_ms: float
-    compute_ms: float
+    compute_ms: float  # the model's run
+    decode_ms: float = 0.0  # the body to the model's input: decode, crop, resize
 
 
 Prepare = Callable[[LoadedVariant], NDArray[np.float32]]
@@ -65,6 +66,9 @@ class Runner:
         self._pin: Pin | None = None
         self.history: deque[Switch] = deque(maxlen=20)
         self.window = LatencyWindow(window_s)
+        #: Decode + resize time of recent requests: a cost outside the model that every
+        #: configuration pays, added to its predicted latency (the controller's decode_ms).
+        self.decode_window = LatencyWindow(window_s)
         self.admission = Admission(workers, self.capacity, self.window, self.clock)
         self.on_switch: list[Callable[[Switch], None]] = []
         #: Called with the new pin (None: removed) whenever it changes, so it can be persisted.
@@ -232,6 +236,7 @@ class Runner:
         admission.started(worker, config, started)
         try:
             x = prepare(variant)
+            decoded = clock.monotonic()
             prediction = variant.run(x, config.budget)
         except InferenceFailed as exc:
             admission.finished(worker)
@@ -242,12 +247,13 @@ class Runner:
             admission.finished(worker)
             raise
         done = clock.monotonic()
-        compute_ms = (done - started) * 1000
+        decode_ms, compute_ms = (decoded - started) * 1000, (done - decoded) * 1000
         queue_ms = (started - ticket.enqueued) * 1000
-        admission.finished(worker, config, compute_ms)
+        admission.finished(worker, config, decode_ms + compute_ms)
         self.health.record(config.variant, True, done)
-        self.window.add(done, queue_ms + compute_ms, config)
-        return Outcome(config, prediction, queue_ms, compute_ms)
+        self.window.add(done, queue_ms + decode_ms + compute_ms, config)
+        self.decode_window.add(done, decode_ms, config)
+        return Outcome(config, prediction, queue_ms, compute_ms, decode_ms)
 
     def warm_up(self, runs: int) -> None:
         """Run every variant at every budget so first requests do not pay for lazy init."""

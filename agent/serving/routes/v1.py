@@ -23,21 +23,22 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from agent import __version__
+from agent.errors import BadInput
 from agent.serving.api import Classification, ClassifyQuery
 from agent.serving.body import receive_body
 from agent.serving.codec import (
     IMAGE_TYPES,
-    check_image_tensor,
+    check_frame,
     check_media_type,
     decode_npy,
-    load_pixels,
+    decode_to_input,
     open_image,
     release,
 )
 from agent.serving.envelope import json_response
 from agent.serving.runner import Outcome, Prepare
 from agent.serving.state import AppState
-from agent.zoo.preprocess import image_to_input, tensor_to_input
+from agent.zoo.preprocess import ChannelOrder, Roi, array_to_input
 from agent.zoo.sessions import LoadedVariant
 
 STATUS_WINDOW_S = 10.0  # span of the latency percentiles in /v1/status
@@ -73,7 +74,8 @@ def declare_classify(app: FastAPI) -> None:
         },
     )
     async def classify(query: Annotated[ClassifyQuery, Query()]) -> Response:
-        """Classify one image (PNG/JPEG/...) or a float32 .npy tensor (3, H, W) in [0, 1]."""
+        """Classify one image (PNG/JPEG/...), a float32 .npy tensor (3, H, W) in [0, 1], or a uint8
+        .npy frame (H, W, 3) as camera code holds it (`channel_order=bgr` for OpenCV's)."""
         raise NotImplementedError("served by classify_handler")  # this function only declares the schema
 
 
@@ -96,7 +98,7 @@ def classify_handler(state: AppState) -> Callable[[Scope, Receive, Send], Awaita
         body = await receive_body(receive, headers.get("content-length"), settings.max_body_bytes)
         ticket = runner.admit(query.deadline_ms)
         try:
-            prepare = decoder(kind, body)
+            prepare = decoder(kind, body, query.roi, query.channel_order)
         except BaseException:
             runner.release(ticket)
             raise
@@ -106,24 +108,32 @@ def classify_handler(state: AppState) -> Callable[[Scope, Receive, Send], Awaita
     return classify
 
 
-def decoder(kind: str, body: bytes) -> Prepare:
-    """Check the body on the loop (image header, tensor shape); the worker makes the input."""
+def decoder(kind: str, body: bytes, roi: Roi | None = None, channel_order: ChannelOrder = "rgb") -> Prepare:
+    """Check the body on the loop (image header, array shape, ROI inside the frame); the
+    worker makes the input."""
     if kind in IMAGE_TYPES:
+        if channel_order != "rgb":
+            raise BadInput("channel_order applies to .npy arrays; an image file carries its own channel order")
         image = open_image(body)
+        if roi is not None:
+            roi.check(*image.size)
 
         def prepare_image(variant: LoadedVariant) -> np.ndarray:
             try:
-                return image_to_input(load_pixels(image), variant.spec.resolution)
+                return decode_to_input(image, variant.spec.resolution, roi)
             finally:
                 release(image)
 
         return prepare_image
-    tensor = check_image_tensor(decode_npy(body))
+    frame = check_frame(decode_npy(body))
+    if roi is not None:
+        height, width = frame.shape[:2] if frame.dtype == np.uint8 else frame.shape[2:]
+        roi.check(width, height)
 
-    def prepare_tensor(variant: LoadedVariant) -> np.ndarray:
-        return tensor_to_input(tensor, variant.spec.resolution)
+    def prepare_array(variant: LoadedVariant) -> np.ndarray:
+        return array_to_input(frame, variant.spec.resolution, channel_order, roi)
 
-    return prepare_tensor
+    return prepare_array
 
 
 def answer(state: AppState, outcome: Outcome, explain: bool) -> dict[str, Any]:
@@ -134,9 +144,11 @@ def answer(state: AppState, outcome: Outcome, explain: bool) -> dict[str, Any]:
     order = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)[:3]
     top = [{"label": classes[i], "score": round(probs[i], 6)} for i in order]
     metrics.inference_seconds.labels(variant=outcome.config.variant).observe(
-        (outcome.queue_ms + outcome.compute_ms) / 1000
+        (outcome.queue_ms + outcome.decode_ms + outcome.compute_ms) / 1000
     )
     metrics.queue_seconds.observe(outcome.queue_ms / 1000)
+    metrics.decode_seconds.observe(outcome.decode_ms / 1000)
+    metrics.model_seconds.labels(variant=outcome.config.variant).observe(outcome.compute_ms / 1000)
     result: dict[str, Any] = {
         "label": top[0]["label"],
         "score": top[0]["score"],
@@ -145,6 +157,7 @@ def answer(state: AppState, outcome: Outcome, explain: bool) -> dict[str, Any]:
         "budget": outcome.config.budget,
         "kept_tokens": outcome.prediction.kept_tokens,
         "queue_ms": round(outcome.queue_ms, 3),
+        "decode_ms": round(outcome.decode_ms, 3),
         "compute_ms": round(outcome.compute_ms, 3),
     }
     if explain and outcome.prediction.attention is not None:
@@ -183,6 +196,7 @@ def status_body(state: AppState) -> dict[str, Any]:
             "loop_priority": state.loop_priority,
         },
         "window": {"span_s": STATUS_WINDOW_S, **runner.window.stats(runner.clock.monotonic(), STATUS_WINDOW_S)},
+        "decode": {"span_s": STATUS_WINDOW_S, **runner.decode_window.stats(runner.clock.monotonic(), STATUS_WINDOW_S)},
         "zoo": str(zoo.directory),
         "socket": str(settings.socket),
         "last_error": state.last_error,

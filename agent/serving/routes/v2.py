@@ -22,7 +22,7 @@ from agent.serving.envelope import json_response
 from agent.serving.runner import Outcome
 from agent.serving.state import AppState
 from agent.values import Config
-from agent.zoo.preprocess import tensor_to_input
+from agent.zoo.preprocess import ChannelOrder, array_to_input
 from agent.zoo.sessions import LoadedVariant
 
 
@@ -74,7 +74,7 @@ def metadata(state: AppState, name: str) -> V2ModelMetadata:
     return V2ModelMetadata(
         name=name,
         versions=["1"],
-        inputs=[V2TensorMeta(name="image", datatype="FP32", shape=[-1, 3, size, size])],
+        inputs=[V2TensorMeta(name="image", datatype="FP32", shape=[-1, 3, size, size])],  # or UINT8 [H, W, 3]
         outputs=[
             V2TensorMeta(name="probabilities", datatype="FP32", shape=[-1, len(classes)]),
             V2TensorMeta(name="label", datatype="BYTES", shape=[-1]),
@@ -95,6 +95,10 @@ async def infer(state: AppState, name: str, request: Request) -> dict[str, Any]:
         if not isinstance(budget, int | float):
             raise InvalidTensor("parameters.token_budget must be a number")
         fixed = runner.validate(Config(fixed.variant, float(budget)))
+    order = (req.parameters or {}).get("channel_order", "rgb")
+    if order not in ("rgb", "bgr"):
+        raise InvalidTensor("parameters.channel_order must be rgb or bgr")
+    channel_order: ChannelOrder = "bgr" if order == "bgr" else "rgb"
     ticket = runner.admit(None, fixed)
     try:
         arr = decode_v2_tensor(req.inputs[0], binary, size)
@@ -103,7 +107,7 @@ async def infer(state: AppState, name: str, request: Request) -> dict[str, Any]:
         raise
 
     def prepare(variant: LoadedVariant) -> np.ndarray:
-        return tensor_to_input(arr, variant.spec.resolution)
+        return array_to_input(arr, variant.spec.resolution, channel_order)
 
     return answer(state, name, req.id, await runner.run(ticket, prepare))
 
@@ -118,6 +122,7 @@ def answer(state: AppState, name: str, request_id: str | None, outcome: Outcome)
             "variant": outcome.config.variant,
             "token_budget": outcome.config.budget,
             "queue_ms": round(outcome.queue_ms, 3),
+            "decode_ms": round(outcome.decode_ms, 3),
             "compute_ms": round(outcome.compute_ms, 3),
         },
         "outputs": [
