@@ -10,7 +10,8 @@ per phase, the most accurate static configuration allowed by the policy there th
 SLO (its phase p95 under the SLO). Reaction time: from a step until the rolling p95 of the
 phase's last 20 requests is back under the SLO (agent/cli/scenario.py); a later stretch over the
 SLO in the same phase is no reaction to the step and is listed apart ("over again").
-Writes bench/results/slo.{json,md} and slo_timeline.png, slo_bars.png.
+Writes bench/results/slo.{json,md} and slo_timeline.png, slo_bars.png (slo_frames_720p.* etc.
+with `--frames 720p`: the same test images as upscaled JPEG camera frames).
 
     python -m bench.slo [--phase-s 30] [--rate 40] [--quick]
 """
@@ -26,8 +27,10 @@ from typing import Any
 
 from agent.cli.launch import running_daemon
 from agent.cli.scenario import (
+    FRAME_SIZES,
     default_schedule,
     injected_telemetry_env,
+    labelled_frames,
     labelled_pngs,
     reaction_times,
     records_as_dicts,
@@ -64,7 +67,15 @@ def one_run(
                 client.pin(pin, 86400, "bench static run")
             time.sleep(1.0)
             records = run_schedule(
-                sock, override, schedule, args.phase_s, args.rate, images, seed=args.seed, warmup_s=3.0
+                sock,
+                override,
+                schedule,
+                args.phase_s,
+                args.rate,
+                images,
+                seed=args.seed,
+                warmup_s=3.0,
+                content_type="image/jpeg" if args.frames else "image/png",
             )
             decisions = client.status()["decisions"]
     slo = load_policy(policy).slo.latency_ms
@@ -125,11 +136,15 @@ def main() -> None:
     ap.add_argument("--policy", type=Path, default=Path(__file__).with_name("slo-policy.yaml"))
     ap.add_argument("--quick", action="store_true", help="8 s phases, edge-agent and full@1 only")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--frames", choices=sorted(FRAME_SIZES), help="send camera frames: the test images upscaled, JPEG quality 90"
+    )
     args = ap.parse_args()
     if args.quick:
         args.phase_s = 8.0
     phases = default_schedule()
-    images = labelled_pngs(500)
+    images = labelled_frames(500, args.frames) if args.frames else labelled_pngs(500)
+    bodies = f"JPEG {args.frames} bodies" if args.frames else "PNG bodies"
     slo = load_policy(args.policy).slo.latency_ms
     pct = load_policy(args.policy).slo.percentile
     configs = ["full@1"] if args.quick else static_configs()
@@ -184,7 +199,7 @@ def main() -> None:
         )
     md = (
         f"# SLO under contention\n\n{payload['machine']}, {payload['date']}; {args.phase_s:g} s phases, "
-        f"{args.rate:g} req/s Poisson, PNG bodies, policy `{Path(args.policy).name}` (p{pct:g} <= {slo:g} ms).\n\n"
+        f"{args.rate:g} req/s Poisson, {bodies}, policy `{Path(args.policy).name}` (p{pct:g} <= {slo:g} ms).\n\n"
         + md_table(["run", "attainment", "p50 ms", "p95 ms", "p99 ms", "accuracy", "refused", "switches"], rows)
         + "\n## edge-agent per phase\n\n"
         + md_table(
@@ -203,8 +218,9 @@ def main() -> None:
             phase_rows,
         )
     )
-    write_results("slo", payload, md)
-    plot(agent, [*runs, agent], phases, args.phase_s, slo, oracle_acc)
+    name = f"slo_frames_{args.frames}" if args.frames else "slo"
+    write_results(name, payload, md)
+    plot(agent, [*runs, agent], phases, args.phase_s, slo, oracle_acc, name)
     print(md)
 
 
@@ -215,6 +231,7 @@ def plot(
     phase_s: float,
     slo: float,
     oracle_acc: float | None,
+    name: str = "slo",
 ) -> None:
     import matplotlib
 
@@ -239,7 +256,7 @@ def plot(
     ax.set_title("edge-agent under the contention schedule: each request's latency, colour = configuration")
     ax.legend(fontsize=7, markerscale=3, loc="upper right", ncol=2)
     fig.tight_layout()
-    fig.savefig(RESULTS / "slo_timeline.png", dpi=100)
+    fig.savefig(RESULTS / f"{name}_timeline.png", dpi=100)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -262,7 +279,7 @@ def plot(
     axes[1].set_xlabel("served accuracy %")
     axes[1].set_xlim(min(100 * (r["overall"]["accuracy"] or 0) for r in runs) - 3, 100)
     fig.tight_layout()
-    fig.savefig(RESULTS / "slo_bars.png", dpi=100)
+    fig.savefig(RESULTS / f"{name}_bars.png", dpi=100)
     plt.close(fig)
 
 

@@ -100,6 +100,10 @@ class Burners:
         self.set(0)
 
 
+#: Camera frame sizes for `labelled_frames`.
+FRAME_SIZES = {"720p": (1280, 720), "1080p": (1920, 1080), "4K": (3840, 2160)}
+
+
 def labelled_pngs(count: int, seed: int = 0) -> list[tuple[bytes, str]]:
     """PNG bodies of the synthetic test split with their labels."""
     from model_zoo import data
@@ -109,6 +113,20 @@ def labelled_pngs(count: int, seed: int = 0) -> list[tuple[bytes, str]]:
         s = data.sample(seed, "test", i)
         buf = io.BytesIO()
         Image.fromarray(s.image).save(buf, format="PNG")
+        out.append((buf.getvalue(), data.CLASSES[s.label]))
+    return out
+
+
+def labelled_frames(count: int, frame: str, seed: int = 0) -> list[tuple[bytes, str]]:
+    """The same test images as camera frames: upscaled to `frame` (a FRAME_SIZES key), JPEG
+    quality 90, with their labels."""
+    from model_zoo import data
+
+    out = []
+    for i in range(count):
+        s = data.sample(seed, "test", i)
+        buf = io.BytesIO()
+        Image.fromarray(s.image).resize(FRAME_SIZES[frame], Image.Resampling.BICUBIC).save(buf, "JPEG", quality=90)
         out.append((buf.getvalue(), data.CLASSES[s.label]))
     return out
 
@@ -123,6 +141,7 @@ def run_schedule(
     on_tick: Callable[[int, float, list[Record]], None] | None = None,
     seed: int = 0,
     warmup_s: float = 0.0,
+    content_type: str = "image/png",
 ) -> list[Record]:
     """Drive the schedule; returns one record per request sent. The first `warmup_s` seconds
     send the same load unrecorded, so the first phase is the daemon's steady state, not its
@@ -141,7 +160,7 @@ def run_schedule(
     def send(sent: float, body: bytes, label: str, phase: int) -> None:
         t0 = time.monotonic()
         try:
-            a = client().classify(body, "image/png")
+            a = client().classify(body, content_type)
             rec = Record(
                 sent, (time.monotonic() - t0) * 1000, 200, f"{a['variant']}@{a['budget']:g}", a["label"] == label, phase
             )
@@ -154,7 +173,7 @@ def run_schedule(
 
     def warm(body: bytes) -> None:
         with contextlib.suppress(Exception):
-            client().classify(body, "image/png")
+            client().classify(body, content_type)
 
     pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="load")
     try:
