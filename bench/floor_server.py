@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
 import httptools
+import numpy as np
 import orjson
 import uvloop
 
@@ -46,7 +47,7 @@ class FloorProtocol(asyncio.Protocol):
         asyncio.get_running_loop().create_task(self.answer(body))
 
     async def answer(self, body: bytes) -> None:
-        x = check_image_tensor(decode_npy(body))
+        x = check_image_tensor(decode_npy(body).astype(np.float32, copy=False))
         prediction = await asyncio.wrap_future(self.pool.submit(self.model.run, x, 1.0))
         out = orjson.dumps({"label": int(prediction.probs[0].argmax()), "queue_ms": 0.0, "compute_ms": 0.0})
         head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(out)

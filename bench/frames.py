@@ -15,6 +15,7 @@ and accuracy of full@1 through onnxruntime. Writes bench/results/frames.{json,md
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import time
@@ -120,8 +121,8 @@ def in_process(calls: int) -> list[dict[str, Any]]:
     for name, (body, _) in bodies().items():
         if not name.startswith(("JPEG", "PNG")):
             continue
-        old = median_ms(lambda body=body: old_path(body, 128), calls)
-        new = median_ms(lambda body=body: new_path(body, 128), calls)
+        old = median_ms(functools.partial(old_path, body, 128), calls)
+        new = median_ms(functools.partial(new_path, body, 128), calls)
         rows.append({"body": name, "old_ms": round(old, 2), "new_ms": round(new, 2), "speedup": round(old / new, 2)})
     return rows
 
