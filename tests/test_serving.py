@@ -48,6 +48,7 @@ class FakeRunner:
         self.history: list[Any] = []
         self.inflight, self.capacity, self.workers = 0, 3, 1
         self.window, self.clock, self.health = LatencyWindow(10.0), Clock(), VariantHealth()
+        self.decode_window = LatencyWindow(10.0)
         self.admitted: list[Ticket] = []
         self.released: list[Ticket] = []
         self.refuse: Exception | None = None
@@ -244,7 +245,7 @@ def test_v2_binary_tensor_extension(state: AppState, runner: FakeRunner) -> None
 
 def test_v2_tensor_of_the_wrong_shape_is_422_and_gives_its_place_back(state: AppState, runner: FakeRunner) -> None:
     answer = client(state).post("/v2/models/full/infer", json=v2_request([1, 3, 4, 4]))
-    assert error(answer) == (422, "invalid_tensor") and "shape must be [1, 3, 8, 8]" in answer.text
+    assert error(answer) == (422, "invalid_tensor") and "must have shape [1, 3, 8, 8]" in answer.text
     assert runner.released == runner.admitted
 
 
