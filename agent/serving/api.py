@@ -41,15 +41,22 @@ class ClassifyQuery(BaseModel):
 
     deadline_ms: float | None = Field(None, gt=0, le=600_000, description="Refuse (503) if not answerable in time")
     explain: bool = Field(False, description="Add the CLS attention map over the patch grid")
-    roi: Roi | None = Field(
-        None, description="x,y,w,h in source pixels: classify this region of the frame (cropped before the resize)"
+    roi: str | None = Field(
+        None,
+        description="x,y,w,h in source pixels: classify this region of the frame (cropped before the resize)",
     )
     channel_order: ChannelOrder = Field("rgb", description="Of a uint8 (H, W, 3) .npy frame: rgb, or bgr (OpenCV)")
 
-    @field_validator("roi", mode="before")
+    @field_validator("roi")
     @classmethod
-    def _parse_roi(cls, value: object) -> object:
-        return Roi.parse(value) if isinstance(value, str) else value
+    def _check_roi(cls, value: str | None) -> str | None:
+        if value is not None:
+            Roi.parse(value)  # w, h >= 1: a ValueError becomes the 422's message
+        return value
+
+    @property
+    def region(self) -> Roi | None:
+        return None if self.roi is None else Roi.parse(self.roi)
 
 
 class PinRequest(BaseModel):

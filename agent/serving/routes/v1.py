@@ -98,7 +98,7 @@ def classify_handler(state: AppState) -> Callable[[Scope, Receive, Send], Awaita
         body = await receive_body(receive, headers.get("content-length"), settings.max_body_bytes)
         ticket = runner.admit(query.deadline_ms)
         try:
-            prepare = decoder(kind, body, query.roi, query.channel_order)
+            prepare = decoder(kind, body, query.region, query.channel_order)
         except BaseException:
             runner.release(ticket)
             raise
