@@ -11,6 +11,8 @@ from pathlib import Path
 
 SOCKET_NAME = "edge-agent.sock"
 DEVICE_PROFILE_NAME = "device-profile.json"
+#: The accuracy table measured on the operator's own images (`edge-agent zoo eval --save`).
+SITE_ACCURACY_NAME = "site-accuracy.json"
 
 
 def _first_dir(env: str) -> Path | None:

@@ -103,3 +103,41 @@ def test_same_seed_rebuilds_the_same_fp32_models(tmp_path: Path) -> None:
         assert [p.test for p in a.accuracy] == [p.test for p in b.accuracy]
     other = build(cfg.model_copy(update={"seed": 1}), tmp_path / "c", lambda _: None, lambda *_: None)
     assert other.variant("full").sha256 != first.variant("full").sha256
+
+
+def _image_folder(root: Path, per_class: int) -> Path:
+    """Labelled images as an operator keeps them: one folder per class."""
+    for path in data.write_samples(root / "flat", "test", per_class):
+        label = path.name.rsplit("_", 1)[0]
+        (root / "site" / label).mkdir(parents=True, exist_ok=True)
+        path.rename(root / "site" / label / path.name)
+    return root / "site"
+
+
+@pytest.mark.daemon
+def test_zoo_eval_on_own_images_saves_the_site_table(tmp_path: Path) -> None:
+    folder = _image_folder(tmp_path, 2)
+    state = tmp_path / "state"
+    result = cli("zoo", "eval", "--data", str(folder), "--save", "--state-dir", str(state), timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"accuracy on {2 * len(data.CLASSES)} images" in result.stdout
+    from agent.paths import default_zoo_dir
+    from agent.zoo.accuracy_tables import load_site_table
+    from agent.zoo.manifest import load_manifest
+
+    manifest = load_manifest(default_zoo_dir() / "manifest.json")
+    table = load_site_table(state / "site-accuracy.json", manifest)
+    assert table.name == "site" and table.note is None
+    assert len(table.estimates) == sum(len(v.budgets) for v in manifest.variants)
+    assert {e.images for e in table.estimates.values()} == {2 * len(data.CLASSES)}
+    assert all(0 <= e.low <= e.accuracy <= e.high <= 1 for e in table.estimates.values())
+
+
+@pytest.mark.daemon
+def test_zoo_eval_refuses_a_folder_that_is_not_a_class_and_save_without_data(tmp_path: Path) -> None:
+    folder = _image_folder(tmp_path, 1)
+    (folder / "scratchh").mkdir()
+    result = cli("zoo", "eval", "--data", str(folder))
+    assert result.returncode == 1 and "scratchh" in result.stdout and "not classes of the zoo" in result.stdout
+    result = cli("zoo", "eval", "--save")
+    assert result.returncode == 1 and "--save needs --data" in result.stdout

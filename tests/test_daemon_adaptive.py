@@ -36,9 +36,11 @@ def manifest_options(variants: set[str] | None = None) -> list[Option]:
 
 
 def most_accurate() -> str:
-    """The configuration the controller picks when everything is feasible: highest test
-    accuracy in the manifest, the faster one on a tie."""
-    return str(max(manifest_options(), key=lambda o: (o.accuracy, -o.profiled_ms)).config)
+    """The configuration the controller picks when everything is feasible: the fastest of those
+    whose test accuracy lies inside the most accurate one's 95% interval (ties)."""
+    options = manifest_options()
+    best = max(options, key=lambda o: (o.accuracy, -o.profiled_ms))
+    return str(min((o for o in options if o.accuracy >= best.tie_floor), key=lambda o: o.profiled_ms).config)
 
 
 def policy_text(latency_ms: float, extra: str = "") -> str:
@@ -249,4 +251,59 @@ def test_real_contention_steps_down_and_back_up(tmp_path: Path) -> None:
             b.join(10)
         stop_client.set()
         client.join(30)
+        d.stop()
+
+
+def site_table(path: Path, accuracy: dict[str, float], images: int = 400) -> None:
+    """A site table as `zoo eval --data DIR --save` writes it, with the given figures."""
+    from agent.zoo.accuracy_tables import SitePoint, site_table_file
+
+    manifest = load_manifest(default_zoo_dir() / "manifest.json")
+    points = [
+        SitePoint(
+            variant=name.split("@")[0],
+            sha256=manifest.variant(name.split("@")[0]).sha256,
+            budget=float(name.split("@")[1]),
+            correct=round(acc * images),
+            images=images,
+        )
+        for name, acc in accuracy.items()
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(site_table_file("/site/images", list(manifest.classes), points))
+    tmp.replace(path)
+
+
+def test_a_site_table_that_reverses_two_configurations_changes_the_choice_live(tmp_path: Path) -> None:
+    """Policy `accuracy: site`, full@1 and lowres@1 allowed, an SLO both meet. The site table
+    says lowres@1 is the more accurate on this line's images (by more than the interval): the
+    daemon serves lowres@1, whatever the test split says. The table is measured again and now
+    says the reverse: the running daemon moves to full@1, no restart, no reload."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        policy_text(1000, "accuracy: site\nallowed: {variants: [full, lowres], budgets: [1.0]}\n").replace(
+            "dwell_s: 2", "dwell_s: 0.5"
+        )
+    )
+    d = DaemonProcess(tmp_path / "d", args=["--policy", str(policy)], env={"EDGE_AGENT_POLICY_WATCH_S": "0.2"})
+    table = d.workdir / "state" / "site-accuracy.json"
+    site_table(table, {"full@1": 0.70, "lowres@1": 0.95})
+    d.start()
+    try:
+        with d.client() as c:
+            eventually(lambda: c.status()["config"]["current"] == "lowres@1", 10, "lowres@1, first on the site table")
+            st = c.status()
+            assert st["controller"]["accuracy"]["table"] == "site" and st["controller"]["accuracy"]["images"] == 400
+            assert "site accuracy 95.0%" in st["controller"]["last_reason"]
+            assert 'edge_agent_accuracy_table{edge_agent_accuracy_table="site"} 1.0' in c.metrics()
+            pid = d.proc.pid  # type: ignore[union-attr]
+            site_table(table, {"full@1": 0.96, "lowres@1": 0.80})
+            eventually(lambda: c.status()["config"]["current"] == "full@1", 10, "full@1 once the table is reversed")
+            assert "site accuracy 96.0%" in c.status()["controller"]["last_reason"]
+            assert d.proc.pid == pid and d.proc.poll() is None  # type: ignore[union-attr]
+            table.unlink()  # gone: the zoo's test table, and status says why
+            eventually(lambda: c.status()["controller"]["accuracy"]["table"] == "test", 5, "back on the test table")
+            assert "no site accuracy table" in c.status()["controller"]["accuracy"]["note"]
+    finally:
         d.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,31 @@ def test_simulate_replays_the_trace_through_the_controller() -> None:
     assert info["steps"] == len(read_trace(TRACES[0])) and info["switches"] >= 1
     assert info["predicted_attainment"] is not None
     assert all(s.decision.reason for s in steps)
+
+
+def test_simulate_shows_the_prediction_its_reason_quotes() -> None:
+    """The latency a step shows (table, plot) is the one its reason quotes for the configuration
+    in force: one latency model, not a second estimate beside the controller's."""
+    policy = load_policy(REPO / "policies" / "default.yaml")
+    from agent.control.controller import options_from_manifest
+    from agent.paths import default_zoo_dir
+    from agent.zoo.manifest import latency_table, load_manifest
+
+    manifest = load_manifest(default_zoo_dir() / "manifest.json")
+    options = options_from_manifest(manifest, latency_table(manifest, None), {v.name for v in manifest.variants}, 1, 95)
+    steps = simulate(policy, read_trace(TRACES[0]), options)
+    quoted = 0
+    for s in steps:
+        if s.latency_ms is None:
+            continue
+        assert s.latency_ms == pytest.approx(s.decision.predictions[str(s.config)], abs=0.001)
+        match = re.search(rf"{re.escape(str(s.config))} predicted ([0-9.]+) ms", s.decision.reason)
+        if match is None:
+            match = re.search(r"^keep \S+: predicted ([0-9.]+) ms", s.decision.reason)
+        if match:
+            assert float(match.group(1)) == pytest.approx(s.latency_ms, abs=0.051)
+            quoted += 1
+    assert quoted >= len(steps) // 2
 
 
 @pytest.mark.daemon

@@ -299,7 +299,7 @@ def test_schema_is_json_with_the_policy_sections() -> None:
     result = CliRunner().invoke(app, ["policy", "schema"])
     assert result.exit_code == 0
     schema = json.loads(result.stdout)
-    assert set(schema["properties"]) == {"version", "slo", "allowed", "hysteresis", "rules"}
+    assert set(schema["properties"]) == {"version", "slo", "accuracy", "allowed", "hysteresis", "rules"}
     assert set(schema["required"]) == {"version", "slo"}
     assert schema["additionalProperties"] is False
     assert schema["properties"]["version"]["const"] == 1

@@ -102,8 +102,9 @@ def simulate(
     from agent.control.controller import options_from_manifest
     from agent.control.simulate import plot, summary
     from agent.control.simulate import simulate as run_simulation
-    from agent.paths import default_zoo_dir
+    from agent.paths import default_zoo_dir, state_dir
     from agent.telemetry.formats import read_trace
+    from agent.zoo.accuracy_tables import select_table
     from agent.zoo.manifest import MANIFEST_NAME, latency_table, load_manifest
 
     console = Console(width=max(Console().width, 120))
@@ -116,8 +117,17 @@ def simulate(
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(1) from None
     table_ = latency_table(manifest, None)
+    accuracy = select_table(manifest, policy.accuracy, state_dir())
+    if accuracy.note:
+        console.print(f"[yellow]accuracy table:[/yellow] {accuracy.note}")
     options = options_from_manifest(
-        manifest, table_, {v.name for v in manifest.variants}, threads, policy.slo.percentile
+        manifest,
+        table_,
+        {v.name for v in manifest.variants},
+        threads,
+        policy.slo.percentile,
+        accuracy.estimates,
+        accuracy.name,
     )
     steps = run_simulation(policy, entries, options)
     table = Table(title=f"decisions: {policy_file.name} on {trace.name}")
@@ -145,7 +155,12 @@ def simulate(
         + ("n/a (no latency in the trace)" if attainment is None else f"{attainment:.1%}")
     )
     if plot_out:
-        plot(steps, plot_out, f"policy simulate: {policy_file.name} on {trace.name}")
+        plot(
+            steps,
+            plot_out,
+            f"policy simulate: {policy_file.name} on {trace.name}",
+            {o.config: o.accuracy for o in options},
+        )
         console.print(f"wrote {plot_out}")
 
 

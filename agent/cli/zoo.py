@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -17,6 +17,9 @@ from agent.paths import default_zoo_dir, device_profile_path
 from agent.values import BUDGETS
 from agent.zoo.manifest import MANIFEST_NAME, DeviceProfile, ProfiledVariant, load_manifest
 from agent.zoo.stats import format_p
+
+if TYPE_CHECKING:
+    import numpy as np
 
 app = typer.Typer(help="The model zoo: variants, manifest, build and profile.", no_args_is_help=True)
 console = Console(width=max(Console().width, 130))
@@ -103,30 +106,138 @@ def verify(zoo: ZooOpt = default_zoo_dir()) -> None:
 @app.command("eval")
 def evaluate(
     zoo: ZooOpt = default_zoo_dir(),
-    split: Annotated[str, typer.Option(help="test or shifted")] = "test",
-    count: Annotated[int, typer.Option(help="Images of the split to use")] = 1000,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Your labelled images: a folder with one subfolder per class, named as the zoo's classes "
+            "(an ImageFolder); decoded as the daemon decodes request bodies",
+        ),
+    ] = None,
+    save: Annotated[
+        bool,
+        typer.Option(
+            "--save", help="With --data: keep the table as this gateway's site table (policy `accuracy: site`)"
+        ),
+    ] = False,
+    state_dir: Annotated[Path | None, typer.Option(help="Where --save writes (default: the daemon's)")] = None,
+    split: Annotated[str, typer.Option(help="Without --data: the synthetic split, test or shifted")] = "test",
+    count: Annotated[int, typer.Option(help="Without --data: images of the split to use")] = 1000,
     seed: Annotated[int, typer.Option(help="Data seed (the zoo's build seed by default)")] = -1,
 ) -> None:
-    """Accuracy of every variant x budget on the synthetic split, run through onnxruntime."""
-    from agent.zoo.evaluation import accuracy, batch_inputs
-    from agent.zoo.sessions import SessionSettings, open_zoo
-    from model_zoo import data
+    """Accuracy of every variant x budget, run through onnxruntime, on your images (--data) or
+    on a synthetic split. With --data --save it becomes the site table a running daemon picks up."""
 
-    loaded = open_zoo(zoo, SessionSettings(intra_threads=2))
+    from agent.zoo.accuracy_tables import SitePoint, site_table_file
+    from agent.zoo.evaluation import batch_inputs, correct_mask
+    from agent.zoo.sessions import SessionSettings, open_zoo
+
+    if save and data is None:
+        _fail("--save needs --data: the site table is measured on your own images")
+    try:
+        loaded = open_zoo(zoo, SessionSettings(intra_threads=2))
+    except ZooError as exc:
+        _fail(exc.message)
     for name, reason in loaded.failures.items():
-        console.print(f"[red]skipped {name}[/red]: {reason}")
-    if seed < 0:
-        seed = loaded.manifest.build.seed if loaded.manifest.build else 0
-    images, labels = data.generate(split, count, seed=seed)
-    table = Table(title=f"accuracy on {count} {split} images (seed {seed})")
+        console.print(f"[red]skipped {name}[/red]: {escape(reason)}")
+    classes = list(loaded.manifest.classes)
+    if data is not None:
+        files, labels = _image_folder(data, classes)
+        title = f"accuracy on {len(files)} images of {data}"
+
+        def inputs_at(size: int) -> np.ndarray:
+            return _decode_files(files, size)
+
+    else:
+        from model_zoo import data as synthetic
+
+        if seed < 0:
+            seed = loaded.manifest.build.seed if loaded.manifest.build else 0
+        images, labels = synthetic.generate(split, count, seed=seed)
+        title = f"accuracy on {count} {split} images (seed {seed})"
+
+        def inputs_at(size: int) -> np.ndarray:
+            return batch_inputs(images, size)
+
+    table = Table(title=title)
     table.add_column("variant")
     for budget in BUDGETS:
         table.add_column(f"@{budget}", justify="right")
+    points: list[SitePoint] = []
+    cache: dict[int, np.ndarray] = {}
     for name, variant in loaded.variants.items():
-        inputs = batch_inputs(images, variant.spec.resolution)
-        row = [f"{accuracy(variant, inputs, labels, b):.1%}" if b in variant.spec.budgets else "-" for b in BUDGETS]
+        size = variant.spec.resolution
+        if size not in cache:
+            cache[size] = inputs_at(size)
+        row = []
+        for budget in BUDGETS:
+            if budget not in variant.spec.budgets:
+                row.append("-")
+                continue
+            hits = correct_mask(variant, cache[size], labels, budget)
+            points.append(
+                SitePoint(
+                    variant=name,
+                    sha256=loaded.manifest.variant(name).sha256,
+                    budget=budget,
+                    correct=int(hits.sum()),
+                    images=len(hits),
+                )
+            )
+            row.append(f"{hits.mean():.1%}")
         table.add_row(name, *row)
     console.print(table)
+    if save and data is not None:
+        from agent.paths import SITE_ACCURACY_NAME
+        from agent.paths import state_dir as default_state_dir
+
+        out = (state_dir or default_state_dir()) / SITE_ACCURACY_NAME
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(site_table_file(str(data.resolve()), classes, points), encoding="utf-8")
+        tmp.replace(out)  # whole or not at all: the daemon may read it at any moment
+        console.print(f"wrote {out}; a daemon whose policy says `accuracy: site` ranks by it from now on")
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def _image_folder(root: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
+    """The image files under root/<class>/ and their labels; a folder that is not a class of
+    the zoo is an error (a typo would silently drop a class)."""
+    import numpy as np
+
+    if not root.is_dir():
+        _fail(f"{root}: not a folder")
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    unknown = [p.name for p in folders if p.name not in classes]
+    if unknown:
+        _fail(f"{root}: folders {', '.join(unknown)} are not classes of the zoo ({', '.join(classes)})")
+    files: list[Path] = []
+    labels: list[int] = []
+    for folder in folders:
+        found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files += found
+        labels += [classes.index(folder.name)] * len(found)
+    if not files:
+        _fail(f"{root}: no images (expected {root}/<class>/*.png or .jpg, classes {', '.join(classes)})")
+    return files, np.array(labels, dtype=np.int64)
+
+
+def _decode_files(files: list[Path], size: int) -> np.ndarray:
+    """Each file decoded exactly as a request body of it would be."""
+    import numpy as np
+
+    from agent.errors import BadInput
+    from agent.serving.codec import decode_to_input, open_image
+
+    out = []
+    for path in files:
+        try:
+            out.append(decode_to_input(open_image(path.read_bytes()), size))
+        except (BadInput, OSError) as exc:
+            _fail(f"{path}: {exc}")
+    return np.concatenate(out)
 
 
 @app.command()

@@ -1,13 +1,15 @@
 """The latency-SLO controller: a pure function from (policy, telemetry, observed latency,
 profiled latency table, previous state, now, local time of day) to (decision, new state).
 
-It estimates how much slower the device runs now than when it was profiled (observed /
-profiled latency of the configuration in force, smoothed by an EWMA), predicts every allowed
-configuration's latency percentile as profile x slowdown, and picks the most accurate one
-predicted under headroom x SLO. It steps down at once when the configuration in force is
-predicted (or observed) over that bound, and steps up only after a better configuration has
-been feasible for the dwell time. No clock and no I/O: the daemon, `policy simulate` and the
-tests drive the same code.
+It predicts every allowed configuration's latency percentile as profile x slowdown + overhead
+(`latency_model`, a Kalman filter fed by every configuration in the latency window, the whole
+request's time and the model's run apart) plus the time bodies take to decode, and picks,
+among the configurations predicted under headroom x SLO, the fastest of those as accurate as
+the most accurate one: accuracies inside its 95% interval count as ties (a 0.2-point gap on a
+few thousand images is noise, and on a site table of a few hundred images so is a 2-point one).
+It steps down at once when the configuration in force is predicted (or observed) over the
+bound, and steps up only after a more accurate configuration has been feasible for the dwell
+time. No clock and no I/O: the daemon, `policy simulate` and the tests drive the same code.
 """
 
 from __future__ import annotations
@@ -16,17 +18,27 @@ import datetime as dt
 import math
 from dataclasses import dataclass, field, replace
 
+from agent.control.latency_model import LatencyModel, Observation
 from agent.control.rules import Constraints, resolve
 from agent.policy.schema import Policy
 from agent.telemetry.snapshot import Snapshot
 from agent.values import Config
+from agent.zoo.accuracy_tables import Estimate
 from agent.zoo.manifest import LatencyProfile, Manifest
 
-#: Fewest samples of the configuration in force before its latency updates the slowdown.
+#: Fewest requests of a configuration in the window before its latency informs the model.
 MIN_SAMPLES = 5
-#: Weight of a new observation in the slowdown EWMA.
-ALPHA = 0.5
-SLOWDOWN_RANGE = (0.25, 50.0)
+
+
+@dataclass(frozen=True)
+class Served:
+    """One configuration's requests in the latency window: the percentile of their whole time
+    in the daemon (queue + decode + model) and of the model's run alone (None: not timed)."""
+
+    config: Config
+    percentile_ms: float
+    model_ms: float | None
+    count: int
 
 
 @dataclass(frozen=True)
@@ -41,23 +53,38 @@ class Observed:
     percentile_ms: float | None
     count: int
     decode_ms: float = 0.0
+    #: Every configuration in the window (the one in force included); empty: only `config`'s
+    #: whole-request percentile is known, and that alone updates the model.
+    served: tuple[Served, ...] = ()
 
 
 @dataclass(frozen=True)
 class Option:
-    """One configuration the controller may choose: its profiled latency and accuracy."""
+    """One configuration the controller may choose: its profiled latency and its accuracy in the
+    table in force, with the lower end of that figure's 95% interval (ties are read from it)."""
 
     config: Config
     profiled_ms: float
     accuracy: float
+    accuracy_low: float | None = None
+    table: str = "test"
+
+    @property
+    def tie_floor(self) -> float:
+        """Accuracies at or above this are as good as this option's, as far as its table can tell."""
+        return self.accuracy if self.accuracy_low is None else min(self.accuracy_low, self.accuracy)
 
 
 @dataclass(frozen=True)
 class ControllerState:
     config: Config | None = None
-    slowdown: float = 1.0
+    latency: LatencyModel = field(default_factory=LatencyModel)
     last_switch_at: float = -math.inf
     better_since: float | None = None  # since when a more accurate configuration is feasible
+
+    @property
+    def slowdown(self) -> float:
+        return self.latency.slowdown
 
 
 @dataclass(frozen=True)
@@ -74,6 +101,8 @@ class Decision:
     rules: tuple[str, ...] = ()
     predictions: dict[str, float] = field(default_factory=dict)
     decode_ms: float = 0.0
+    overhead_ms: float = 0.0
+    table: str = "test"
 
 
 def profiled_percentile(profile: LatencyProfile, budget: float, threads: int, percentile: float) -> float | None:
@@ -88,9 +117,16 @@ def profiled_percentile(profile: LatencyProfile, budget: float, threads: int, pe
 
 
 def options_from_manifest(
-    manifest: Manifest, table: dict[str, LatencyProfile], loaded: set[str], threads: int, percentile: float
+    manifest: Manifest,
+    table: dict[str, LatencyProfile],
+    loaded: set[str],
+    threads: int,
+    percentile: float,
+    accuracy: dict[Config, Estimate] | None = None,
+    accuracy_table: str = "test",
 ) -> list[Option]:
-    """Every loaded variant x budget with a profiled latency, with its test accuracy."""
+    """Every loaded variant x budget with a profiled latency, with its accuracy in `accuracy`
+    (the manifest's test figures when None; a configuration the table lacks ranks last)."""
     options = []
     for variant in manifest.variants:
         if variant.name not in loaded or variant.name not in table:
@@ -99,8 +135,17 @@ def options_from_manifest(
             latency = profiled_percentile(table[variant.name], budget, threads, percentile)
             if latency is None:
                 continue
-            acc = variant.accuracy_at(budget)
-            options.append(Option(Config(variant.name, budget), latency, acc if acc is not None else 0.0))
+            config = Config(variant.name, budget)
+            if accuracy is None:
+                acc = variant.accuracy_at(budget)
+                point = variant.accuracy_point(budget)
+                low = point.test_ci[0] if point is not None and point.test_ci else None
+                options.append(Option(config, latency, acc if acc is not None else 0.0, low, accuracy_table))
+            else:
+                est = accuracy.get(config)
+                options.append(
+                    Option(config, latency, est.accuracy if est else 0.0, est.low if est else None, accuracy_table)
+                )
     return options
 
 
@@ -122,9 +167,9 @@ def decide(
     c = resolve(policy, snapshot, local_time)
     by_config = {o.config: o for o in options}
     current = state.config if state.config in by_config else None
-    slowdown = _slowdown(state.slowdown, observed, current, by_config)
-    plan = _plan(c, options, slowdown, observed.decode_ms)
-    base = replace(state, slowdown=slowdown)
+    latency = state.latency.update(_observations(observed, by_config), now)
+    plan = _plan(c, options, latency, observed.decode_ms)
+    base = replace(state, latency=latency)
     if current is None or current not in plan.predicted:
         why = "start" if state.config is None else f"{state.config} is not allowed or not available now"
         return plan.decision(
@@ -136,14 +181,22 @@ def decide(
     return _step(plan, observed, by_config[current], base, now)
 
 
-def _slowdown(previous: float, observed: Observed, current: Config | None, by_config: dict[Config, Option]) -> float:
-    """How much slower than profiled the configuration in force runs now (EWMA, bounded)."""
-    if current is None or observed.config != current or observed.count < MIN_SAMPLES or not observed.percentile_ms:
-        return previous
-    model_ms = max(observed.percentile_ms - observed.decode_ms, 0.05 * observed.percentile_ms)
-    ratio = model_ms / by_config[current].profiled_ms
-    slowdown = (1 - ALPHA) * previous + ALPHA * ratio
-    return min(max(slowdown, SLOWDOWN_RANGE[0]), SLOWDOWN_RANGE[1])
+def _observations(observed: Observed, by_config: dict[Config, Option]) -> list[Observation]:
+    """What the window says about the latency model: per configuration with enough requests,
+    its whole time less decoding, and its model run alone where timed."""
+    served = observed.served
+    if not served and observed.config is not None and observed.percentile_ms is not None:
+        served = (Served(observed.config, observed.percentile_ms, None, observed.count),)
+    out = []
+    for item in served:
+        option = by_config.get(item.config)
+        if option is None or item.count < MIN_SAMPLES or not math.isfinite(item.percentile_ms):
+            continue
+        whole = max(item.percentile_ms - observed.decode_ms, 0.05 * item.percentile_ms)
+        out.append(Observation(option.profiled_ms, whole, item.count))
+        if item.model_ms is not None and math.isfinite(item.model_ms):
+            out.append(Observation(option.profiled_ms, item.model_ms, item.count, whole=False))
+    return out
 
 
 @dataclass(frozen=True)
@@ -151,15 +204,14 @@ class _Plan:
     """What the policy allows right now, each option's predicted latency and the best target."""
 
     c: Constraints
-    slowdown: float
+    latency: LatencyModel
     decode_ms: float
     predicted: dict[Config, float]
     feasible: bool
     target: Option
     why_target: str
-
-    def rank(self, o: Option) -> tuple[float, float]:
-        return (o.accuracy, -self.predicted[o.config])
+    #: Accuracy at or above which a feasible option is as good as the best feasible one.
+    tie_floor: float
 
     def decision(
         self, config: Config, switch: bool, reason: str, new_state: ControllerState
@@ -175,46 +227,58 @@ class _Plan:
             c.percentile,
             c.headroom,
             self.predicted.get(config, math.nan),
-            self.slowdown,
+            self.latency.slowdown,
             self.feasible,
             c.rules,
             {str(k): round(v, 3) for k, v in self.predicted.items()},
             self.decode_ms,
+            self.latency.overhead_ms,
+            self.target.table,
         )
         return decision, new_state
 
 
-def _plan(c: Constraints, options: list[Option], slowdown: float, decode_ms: float) -> _Plan:
+def _plan(c: Constraints, options: list[Option], latency: LatencyModel, decode_ms: float) -> _Plan:
     allowed = [o for o in options if _allowed(o.config, c)]
     if not allowed:  # the rules leave nothing that is loaded: fall back to every option
         allowed = list(options)
     bound = c.headroom * c.slo_ms
-    predicted = {o.config: o.profiled_ms * slowdown + decode_ms for o in allowed}
+    predicted = {o.config: latency.predict(o.profiled_ms) + decode_ms for o in allowed}
     decode = f" incl. {_ms(decode_ms)} decoding" if decode_ms >= 0.05 else ""
     feasible = [o for o in allowed if predicted[o.config] <= bound]
     if feasible:
         preferred = [o for o in feasible if c.prefer and o.config.variant == c.prefer]
-        target = max(preferred or feasible, key=lambda o: (o.accuracy, -predicted[o.config]))
+        pool = preferred or feasible
+        best = max(pool, key=lambda o: (o.accuracy, -predicted[o.config]))
+        tied = [o for o in pool if o.accuracy >= best.tie_floor]
+        target = min(tied, key=lambda o: (predicted[o.config], -o.accuracy))
+        if preferred:
+            how = "preferred variant"
+        elif target is best:
+            how = "most accurate feasible"
+        else:
+            how = f"fastest feasible as accurate as {best.config} ({best.accuracy:.1%}, within its 95% interval)"
         why_target = (
             f"{target.config} predicted {_ms(predicted[target.config])}{decode} <= {c.headroom:g} x SLO "
-            f"{_ms(c.slo_ms)}, "
-            f"{'preferred variant' if preferred else 'most accurate feasible'} "
-            f"(test accuracy {target.accuracy:.1%})"
+            f"{_ms(c.slo_ms)}, {how} ({target.table} accuracy {target.accuracy:.1%})"
         )
+        tie_floor = best.tie_floor
     else:
         target = min(allowed, key=lambda o: predicted[o.config])
         why_target = (
             f"nothing is predicted under {c.headroom:g} x SLO {_ms(c.slo_ms)}: cheapest {target.config} "
             f"predicted {_ms(predicted[target.config])}{decode}"
         )
-    return _Plan(c, slowdown, decode_ms, predicted, bool(feasible), target, why_target)
+        tie_floor = math.inf
+    return _Plan(c, latency, decode_ms, predicted, bool(feasible), target, why_target, tie_floor)
 
 
 def _step(
     plan: _Plan, observed: Observed, cur: Option, base: ControllerState, now: float
 ) -> tuple[Decision, ControllerState]:
     """From an allowed configuration in force: step down at once, keep, or step up after the dwell."""
-    c, predicted, target, slowdown = plan.c, plan.predicted, plan.target, plan.slowdown
+    c, predicted, target = plan.c, plan.predicted, plan.target
+    model = f"slowdown {plan.latency.slowdown:.2f}x, overhead {_ms(plan.latency.overhead_ms)}"
     current, bound = cur.config, c.headroom * c.slo_ms
     violated = (
         observed.config == current
@@ -232,15 +296,33 @@ def _step(
         return plan.decision(
             target.config,
             True,
-            f"step down, {what} (slowdown {slowdown:.2f}x): {plan.why_target}",
+            f"step down, {what} ({model}): {plan.why_target}",
             replace(base, config=target.config, last_switch_at=now, better_since=None),
         )
-    better = target.config != current and plan.rank(target) > plan.rank(cur) and predicted[target.config] <= bound
+    preferred = bool(c.prefer) and target.config.variant == c.prefer and current.variant != c.prefer
+    better = (
+        target.config != current and predicted[target.config] <= bound and (cur.accuracy < plan.tie_floor or preferred)
+    )
+    faster_tie = (
+        not better
+        and target.config != current
+        and plan.feasible
+        and cur.accuracy >= plan.tie_floor
+        and predicted[target.config] < predicted[current]
+        and now - base.last_switch_at >= c.min_switch_interval_s
+    )
+    if faster_tie:  # as accurate as far as the table can tell, and faster: no dwell to wait for
+        return plan.decision(
+            target.config,
+            True,
+            f"faster at equal accuracy: {plan.why_target}",
+            replace(base, config=target.config, last_switch_at=now, better_since=None),
+        )
     if not better:
         return plan.decision(
             current,
             False,
-            f"keep {current}: predicted {_ms(predicted[current])}, slowdown {slowdown:.2f}x",
+            f"keep {current}: predicted {_ms(predicted[current])}, {model}",
             replace(base, better_since=None),
         )
     since = base.better_since if base.better_since is not None else now

@@ -1,10 +1,11 @@
 """Replay a recorded trace through the controller (`edge-agent policy simulate`).
 
 The trace gives, per step, the telemetry and the latency observed on the configuration that
-was in force when it was recorded. Their ratio to that configuration's profiled latency is
-the device's slowdown at that moment; the simulated configuration is predicted to take its
-own profiled latency times that slowdown. Every step goes through `controller.decide`, the
-function the daemon runs.
+was in force when it was recorded. That observation feeds the controller's latency model as
+the daemon's window would (whatever configuration the simulation has in force), and every
+step goes through `controller.decide`, the function the daemon runs. The latency shown for a
+step is the decision's own prediction for the configuration in force after it: the figure its
+reason quotes.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.control.controller import ControllerState, Decision, Observed, Option, decide
+from agent.control.controller import ControllerState, Decision, Observed, Option, Served, decide
 from agent.policy.schema import Policy
 from agent.telemetry.formats import TraceEntry
 from agent.values import Config
+
+#: Requests a recorded percentile is taken to be over (the trace does not say).
+RECORDED_COUNT = 30
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,8 @@ class Step:
     met: bool | None
 
 
-def device_slowdown(entry: TraceEntry, by_config: dict[Config, Option], percentile: float) -> float | None:
+def recorded(entry: TraceEntry, by_config: dict[Config, Option], percentile: float) -> Served | None:
+    """The trace's observation at the policy's percentile, if it names a known configuration."""
     obs = entry.observed or {}
     key = "p95_ms" if percentile >= 75 else "p50_ms"
     if percentile >= 99 and obs.get("p99_ms"):
@@ -41,8 +46,7 @@ def device_slowdown(entry: TraceEntry, by_config: dict[Config, Option], percenti
         config = Config.parse(str(text))
     except Exception:
         return None
-    option = by_config.get(config)
-    return float(value) / option.profiled_ms if option else None
+    return Served(config, float(value), None, RECORDED_COUNT) if config in by_config else None
 
 
 def simulate(
@@ -55,22 +59,22 @@ def simulate(
     state = ControllerState()
     start = entries[0].snapshot.time
     steps: list[Step] = []
-    slowdown = 1.0
+    seen = False
     for entry in entries:
         now = entry.snapshot.time - start
-        measured = device_slowdown(entry, by_config, policy.slo.percentile)
-        if measured is not None:
-            slowdown = measured
-        current = state.config
-        observed = Observed(None, None, 0)
-        if current is not None and measured is not None:
-            observed = Observed(current, by_config[current].profiled_ms * slowdown, 100)
+        served = recorded(entry, by_config, policy.slo.percentile)
+        seen = seen or served is not None
+        observed = Observed(state.config, None, 0)
+        if served is not None:
+            own = served.config == state.config
+            observed = Observed(
+                state.config, served.percentile_ms if own else None, served.count if own else 0, served=(served,)
+            )
         local = dt.datetime.fromtimestamp(entry.snapshot.time, tz=local_tz).time()
         decision, state = decide(policy, entry.snapshot, observed, options, state, now, local)
-        in_force = state.config or decision.config
-        latency = by_config[in_force].profiled_ms * slowdown if measured is not None else None
+        latency = decision.predicted_ms if seen else None
         met = None if latency is None else latency <= decision.slo_ms
-        steps.append(Step(now, entry, decision, in_force, latency, met))
+        steps.append(Step(now, entry, decision, decision.config, latency, met))
     return steps
 
 
@@ -85,8 +89,9 @@ def summary(steps: list[Step]) -> dict[str, float | int | None]:
     }
 
 
-def plot(steps: list[Step], out: Path, title: str) -> None:
-    """A PNG timeline: telemetry, predicted latency vs SLO, configuration in force."""
+def plot(steps: list[Step], out: Path, title: str, accuracy: dict[Config, float] | None = None) -> None:
+    """A PNG timeline: telemetry, predicted latency vs SLO, configuration in force (the axis in
+    order of accuracy, most accurate at the top, when `accuracy` is given)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,8 +114,10 @@ def plot(steps: list[Step], out: Path, title: str) -> None:
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
     ax = axes[2]
-    names = sorted({str(s.config) for s in steps}, key=lambda n: (n.split("@")[0], -float(n.split("@")[1])))
-    ax.step(t, [names.index(str(s.config)) for s in steps], where="post")
+    acc = accuracy or {}
+    configs = sorted({s.config for s in steps}, key=lambda c: (acc.get(c, 0.0), -c.budget, c.variant))
+    names = [f"{c} ({acc[c]:.1%})" if c in acc else str(c) for c in configs]
+    ax.step(t, [configs.index(s.config) for s in steps], where="post")
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.set_ylabel("configuration")
     ax.set_xlabel("seconds")

@@ -18,9 +18,18 @@ from typing import Any
 
 import structlog
 
-from agent.control.controller import ControllerState, Decision, Observed, Option, decide, options_from_manifest
+from agent.control.controller import (
+    ControllerState,
+    Decision,
+    Observed,
+    Option,
+    Served,
+    decide,
+    options_from_manifest,
+)
 from agent.errors import ZooError
-from agent.paths import default_policy_path, device_profile_path
+from agent.paths import DEVICE_PROFILE_NAME, SITE_ACCURACY_NAME, default_policy_path
+from agent.paths import state_dir as default_state_dir
 from agent.policy.store import PolicyStore, ReloadResult
 from agent.serving.health import OUT_OF_SERVICE, HealthCollector, Unavailable
 from agent.serving.metrics import Metrics
@@ -28,6 +37,7 @@ from agent.serving.runner import Runner
 from agent.telemetry.snapshot import Snapshot
 from agent.telemetry.sources import TelemetrySource
 from agent.values import Config
+from agent.zoo.accuracy_tables import AccuracyTable, select_table
 from agent.zoo.manifest import latency_table, load_device_profile
 from agent.zoo.sessions import recheck_files
 
@@ -55,26 +65,47 @@ class AdaptiveLoop:
         self.state = ControllerState(config=runner.current, last_switch_at=time.monotonic())
         self.last: Decision | None = None
         self.decisions: deque[dict[str, Any]] = deque(maxlen=20)
+        self.state_dir = state_dir or default_state_dir()
         self._profile_source = "manifest"
-        self.options = self._options(state_dir)
+        self._site_stamp = self._site_file_stamp()
+        self.accuracy: AccuracyTable
+        self.options = self._options()
         self.on_decision: list[Callable[[Decision], None]] = []
         metrics.registry.register(HealthCollector(runner.health, runner.zoo.variants))
 
-    def _options(self, state_dir: Path | None) -> list[Option]:
-        """The configurations to choose from, timed by this device's profile where there is one."""
+    def _options(self) -> list[Option]:
+        """The configurations to choose from, timed by this device's profile where there is one
+        and ranked by the accuracy table the policy names."""
         zoo = self.runner.zoo
-        path = (state_dir / "device-profile.json") if state_dir else device_profile_path()
+        path = self.state_dir / DEVICE_PROFILE_NAME
         try:
             device = load_device_profile(path)
         except ZooError as exc:
             log.warning("device_profile_invalid", error=exc.message)
             device = None
-        if device is not None:
-            self._profile_source = str(path)
+        self._profile_source = str(path) if device is not None else "manifest"
         table = latency_table(zoo.manifest, device)
+        policy = self.store.policy
+        self.accuracy = select_table(zoo.manifest, policy.accuracy, self.state_dir)
+        if self.accuracy.note:
+            log.warning("accuracy_table_fallback", wanted=policy.accuracy, note=self.accuracy.note)
+        self.metrics.accuracy_table.state(self.accuracy.name)
         return options_from_manifest(
-            zoo.manifest, table, set(zoo.variants), self.ort_threads, self.store.policy.slo.percentile
+            zoo.manifest,
+            table,
+            set(zoo.variants),
+            self.ort_threads,
+            policy.slo.percentile,
+            self.accuracy.estimates,
+            self.accuracy.name,
         )
+
+    def _site_file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = (self.state_dir / SITE_ACCURACY_NAME).stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
 
     def _policy_failed(self, message: str) -> None:
         self.metrics.policy_reload_failures.inc()
@@ -86,14 +117,22 @@ class AdaptiveLoop:
         self.metrics.set_telemetry(self.snapshot)
 
     def watch_policy(self) -> None:
+        """The policy file and the site accuracy table: either changed on disk is picked up live."""
         if self.store.changed_on_disk():
             self.reload_policy("file changed")
+        stamp = self._site_file_stamp()
+        if stamp != self._site_stamp:
+            self._site_stamp = stamp
+            self.options = self._options()
+            log.info("accuracy_table_in_force", **self.accuracy.as_dict())
 
     def reload_policy(self, why: str) -> ReloadResult:
         result = self.store.reload()
         if result.ok:
-            self.options = self._options(None) if self._profile_source == "manifest" else self.options
-            log.info("policy_in_force", why=why, path=self.store.source, changed=result.changed)
+            self.options = self._options()
+            log.info(
+                "policy_in_force", why=why, path=self.store.source, changed=result.changed, accuracy=self.accuracy.name
+            )
         return result
 
     def recheck_zoo(self) -> dict[str, str]:
@@ -137,6 +176,16 @@ class AdaptiveLoop:
         median, _ = self.runner.decode_window.percentile(now, 50, span_s)
         return median or 0.0
 
+    def _served(self, now: float, percentile: float, span_s: float) -> tuple[Served, ...]:
+        """Every configuration in the window: its whole-request and model-only percentiles."""
+        out = []
+        for config in sorted(self.runner.window.configs(now, span_s)):
+            whole, count = self.runner.window.percentile(now, percentile, span_s, config)
+            model, _ = self.runner.model_window.percentile(now, percentile, span_s, config)
+            if whole is not None:
+                out.append(Served(config, whole, model, count))
+        return tuple(out)
+
     def tick(self) -> Decision | None:
         """One controller step; switches the runner when the controller says so."""
         now = time.monotonic()
@@ -147,13 +196,14 @@ class AdaptiveLoop:
         policy = self.store.policy
         current = self.runner.current
         if self.state.config != current:  # a pin or an admin switch moved it: follow the truth
-            self.state = ControllerState(config=current, slowdown=self.state.slowdown, last_switch_at=now)
+            self.state = ControllerState(config=current, latency=self.state.latency, last_switch_at=now)
         p, count = self.runner.window.percentile(now, policy.slo.percentile, policy.slo.window_s, current)
         local = dt.datetime.fromtimestamp(self.snapshot.time).time()  # the gateway's time zone, for time_between rules
+        served = self._served(now, policy.slo.percentile, policy.slo.window_s)
         decision, self.state = decide(
             policy,
             self.snapshot,
-            Observed(current, p, count, self._decode_ms(now, policy.slo.window_s)),
+            Observed(current, p, count, self._decode_ms(now, policy.slo.window_s), served),
             options,
             self.state,
             now,
@@ -167,6 +217,7 @@ class AdaptiveLoop:
             )
         self.last = decision
         self.metrics.slowdown.set(decision.slowdown)
+        self.metrics.overhead.set(decision.overhead_ms / 1000)
         self.metrics.decode_term.set(decision.decode_ms / 1000)
         self.metrics.slo_ms.set(decision.slo_ms)
         attainment = self.runner.window.attainment(now, decision.slo_ms, policy.slo.window_s)
@@ -175,7 +226,7 @@ class AdaptiveLoop:
         if decision.switch:
             applied = self.runner.switch(decision.config, decision.reason)
             if not applied and self.runner.pin_state is not None:
-                self.state = ControllerState(config=self.runner.current, slowdown=decision.slowdown, last_switch_at=now)
+                self.state = ControllerState(config=self.runner.current, latency=self.state.latency, last_switch_at=now)
             self.decisions.append(
                 {"at": time.time(), "config": str(decision.config), "applied": applied, "reason": decision.reason}
             )
@@ -203,11 +254,13 @@ class AdaptiveLoop:
             },
             "controller": {
                 "slowdown": round(d.slowdown, 3) if d else None,
+                "overhead_ms": round(d.overhead_ms, 3) if d else None,
                 "decode_ms": round(d.decode_ms, 3) if d else None,
                 "predicted_ms": round(d.predicted_ms, 3) if d else None,
                 "feasible": d.feasible if d else None,
                 "last_reason": d.reason if d else None,
                 "profile": self._profile_source,
+                "accuracy": self.accuracy.as_dict(),
                 "decisions": list(self.decisions),
             },
             "policy": self.store.status(),

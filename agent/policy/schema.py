@@ -152,6 +152,11 @@ class Policy(_Strict):
 
     version: Literal[1] = Field(description="Policy file format version; this build supports 1")
     slo: Slo
+    accuracy: Literal["test", "shifted", "site"] = Field(
+        default="test",
+        description="Accuracy table configurations are ranked by: test (the zoo's), shifted (the zoo's robustness "
+        "split) or site (measured on this gateway by `edge-agent zoo eval --data DIR --save`; test until one exists)",
+    )
     allowed: Allowed = Field(default_factory=Allowed)
     hysteresis: Hysteresis = Field(default_factory=Hysteresis)
     rules: list[Rule] = Field(default_factory=list, max_length=64, description="Checked in file order")

@@ -67,6 +67,12 @@ class LatencyWindow:
             return None, 0
         return float(np.percentile(values, q)), len(values)
 
+    def configs(self, now: float, span_s: float | None = None) -> set[Config]:
+        """The configurations with requests in the window."""
+        since = now - (span_s or self.span_s)
+        with self._lock:
+            return {c for t, _, c in self._items if t >= since and c is not None}
+
     def attainment(self, now: float, slo_ms: float, span_s: float | None = None) -> float | None:
         values = self.values(now, span_s)
         return float((values <= slo_ms).mean()) if len(values) else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, generate_latest
 
 from agent.telemetry.snapshot import Snapshot
 
@@ -53,7 +53,20 @@ class Metrics:
         )
         self.slo_ms = Gauge("edge_agent_slo_latency_ms", "The latency SLO in force, ms", registry=r)
         self.slowdown = Gauge(
-            "edge_agent_controller_slowdown", "Observed / profiled latency of the configuration in force", registry=r
+            "edge_agent_controller_slowdown",
+            "Estimated factor by which the models run slower than profiled (latency model)",
+            registry=r,
+        )
+        self.overhead = Gauge(
+            "edge_agent_controller_overhead_seconds",
+            "Estimated per-request time outside the model and decoding (queueing, scheduling), latency model",
+            registry=r,
+        )
+        self.accuracy_table = Enum(
+            "edge_agent_accuracy_table",
+            "The accuracy table configurations are ranked by",
+            states=["test", "shifted", "site"],
+            registry=r,
         )
         self.decode_term = Gauge(
             "edge_agent_controller_decode_seconds",

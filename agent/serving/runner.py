@@ -69,6 +69,7 @@ class Runner:
         #: Decode + resize time of recent requests: a cost outside the model that every
         #: configuration pays, added to its predicted latency (the controller's decode_ms).
         self.decode_window = LatencyWindow(window_s)
+        self.model_window = LatencyWindow(window_s)  # the model's run alone: the controller's slowdown
         self.admission = Admission(workers, self.capacity, self.window, self.clock)
         self.on_switch: list[Callable[[Switch], None]] = []
         #: Called with the new pin (None: removed) whenever it changes, so it can be persisted.
@@ -253,6 +254,7 @@ class Runner:
         self.health.record(config.variant, True, done)
         self.window.add(done, queue_ms + decode_ms + compute_ms, config)
         self.decode_window.add(done, decode_ms, config)
+        self.model_window.add(done, compute_ms, config)
         return Outcome(config, prediction, queue_ms, compute_ms, decode_ms)
 
     def warm_up(self, runs: int) -> None:
