@@ -42,6 +42,7 @@ def test_demo_quick_mode_finishes_and_leaves_nothing_behind(tmp_path: Path) -> N
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "summary" in result.stdout and "attainment" in result.stdout and str(out) in result.stdout.replace("\n", "")
+    assert "edge-agent vs pinned" in result.stdout and "pinned full@1" in result.stdout
     assert out.stat().st_size > 10_000
     assert _daemons() <= before, "the demo left a daemon running"
     assert set(Path("/tmp").glob("edge-agent-demo-*")) <= tmp_before, "the demo left its socket folder behind"

@@ -72,38 +72,23 @@ def demo(
     record_trace: Annotated[
         Path | None, typer.Option(help="Also record the daemon's telemetry and latency as a trace (JSONL)")
     ] = None,
+    compare: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also run the schedule with this configuration pinned (repeatable; default full@1), "
+            "to compare with what a user without edge-agent would get"
+        ),
+    ] = None,
 ) -> None:
-    """Start the daemon, run a short contention schedule against it, show its decisions live."""
+    """Start the daemon, run a short contention schedule against it, show its decisions live,
+    then run it again with configurations pinned and compare."""
     schedule = default_schedule()
     policy = default_policy_path()
     slo_ms = load_policy(policy).slo.latency_ms
+    pins = compare if compare is not None else ["full@1"]
     console.print(f"starting the daemon on the shipped zoo with {policy.name}; {len(schedule)} phases of {phase_s:g} s")
     images = labelled_pngs(200)
-    with tempfile.TemporaryDirectory(prefix="edge-agent-demo-") as tmp:
-        override = Path(tmp) / "telemetry.json"
-        override.write_text("{}")
-        env = {**injected_telemetry_env(override), "EDGE_AGENT_CONTROLLER_INTERVAL_S": "0.25"}
-        with (
-            running_daemon(env=env, args=["--policy", str(policy)]) as (_, sock),
-            Client(sock) as client,
-            Live(console=console, refresh_per_second=4) as live,
-        ):
-            trace = record_trace.open("w", encoding="utf-8") if record_trace else None
-
-            def tick(index: int, elapsed: float, records: list[Record]) -> None:
-                try:
-                    status = client.status()
-                except Exception:  # the view must not stop the demo
-                    status = {}
-                live.update(_view(schedule[index].name, elapsed, status, records, slo_ms))
-                if trace is not None and status:
-                    trace.write(_trace_line(status) + "\n")
-
-            try:
-                records = run_schedule(sock, override, schedule, phase_s, rate, images, on_tick=tick)
-            finally:
-                if trace is not None:
-                    trace.close()
+    records = _drive(None, schedule, phase_s, rate, images, policy, slo_ms, record_trace)
     summary = summarize(records, slo_ms, len(schedule))
     reactions = reaction_times(records, slo_ms, phase_s, len(schedule))
     table = Table(title=f"summary (SLO p95 <= {slo_ms:g} ms)")
@@ -134,6 +119,74 @@ def demo(
     console.print(table)
     _plot(records, schedule, phase_s, slo_ms, out)
     console.print(f"timeline: {out.resolve()}")
+    if pins:
+        runs = {"edge-agent": records}
+        for pin in pins:
+            console.print(f"the same schedule with {pin} pinned ...")
+            runs[f"pinned {pin}"] = _drive(pin, schedule, phase_s, rate, images, policy, slo_ms, None)
+        console.print(_comparison(runs, schedule, slo_ms))
+
+
+def _comparison(runs: dict[str, list[Record]], schedule: list[Any], slo_ms: float) -> Table:
+    """Attainment and served accuracy side by side, the load phases (no rule applies) apart
+    from those where the policy's rules choose cheaper configurations on purpose."""
+    ruled = {i for i, p in enumerate(schedule) if p.telemetry}
+    table = Table(title="edge-agent vs pinned configurations, same schedule, same requests")
+    for col in ("run", "attainment", "accuracy, load phases", "accuracy, battery + heat", "accuracy"):
+        table.add_column(col)
+
+    def acc(recs: list[Record]) -> str:
+        answered = [r for r in recs if r.status == 200]
+        return f"{sum(r.correct for r in answered) / len(answered):.1%}" if answered else "-"
+
+    for name, recs in runs.items():
+        met = sum(1 for r in recs if r.latency_ms <= slo_ms) / len(recs) if recs else 0.0
+        table.add_row(
+            name,
+            f"{met:.1%}",
+            acc([r for r in recs if r.phase not in ruled]),
+            acc([r for r in recs if r.phase in ruled]),
+            acc(recs),
+        )
+    return table
+
+
+def _drive(
+    pin: str | None,
+    schedule: list[Any],
+    phase_s: float,
+    rate: float,
+    images: list[tuple[bytes, str]],
+    policy: Path,
+    slo_ms: float,
+    record_trace: Path | None,
+) -> list[Record]:
+    """One run of the schedule against a fresh daemon; live view for the adaptive run."""
+    with tempfile.TemporaryDirectory(prefix="edge-agent-demo-") as tmp:
+        override = Path(tmp) / "telemetry.json"
+        override.write_text("{}")
+        env = {**injected_telemetry_env(override), "EDGE_AGENT_CONTROLLER_INTERVAL_S": "0.25"}
+        with running_daemon(env=env, args=["--policy", str(policy)]) as (_, sock), Client(sock) as client:
+            if pin is not None:
+                client.pin(pin, 86400, "demo comparison")
+                return run_schedule(sock, override, schedule, phase_s, rate, images)
+            with Live(console=console, refresh_per_second=4) as live:
+                trace = record_trace.open("w", encoding="utf-8") if record_trace else None
+
+                def tick(index: int, elapsed: float, records: list[Record]) -> None:
+                    try:
+                        status = client.status()
+                    except Exception:  # the view must not stop the demo
+                        status = {}
+                    live.update(_view(schedule[index].name, elapsed, status, records, slo_ms))
+                    if trace is not None and status:
+                        trace.write(_trace_line(status) + "\n")
+
+                try:
+                    return run_schedule(sock, override, schedule, phase_s, rate, images, on_tick=tick)
+                finally:
+                    if trace is not None:
+                        trace.close()
 
 
 def _trace_line(status: dict[str, Any]) -> str:
