@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.control.controller import MIN_SAMPLES, ControllerState, Observed, Option, Served, decide
+from agent.control.controller import MIN_SAMPLES, ControllerState, Observed, Option, Served, decide, tiers
 from agent.policy.loader import parse_policy
 from agent.telemetry.snapshot import Snapshot
 from agent.values import Config
@@ -215,3 +215,38 @@ def test_a_tied_configuration_in_force_gives_way_to_a_faster_tie_at_once_and_sta
             switches.append((t, str(d.config), d.reason))
     assert len(switches) == 1 and switches[0][:2] == (0, "int8@1")
     assert switches[0][2].startswith("faster at equal accuracy")
+
+
+def test_tiers_do_not_chain_down() -> None:
+    """Ties are read from each tier's most accurate member only: 97.0 and 96.5 tie (96.5 is
+    inside 97.0's interval), 96.0 does not join them although it is inside 96.5's."""
+    opts = [
+        Option(Config("a", 1.0), 10.0, 0.970, 0.964),
+        Option(Config("b", 1.0), 9.0, 0.965, 0.959),
+        Option(Config("c", 1.0), 8.0, 0.960, 0.954),
+        Option(Config("d", 1.0), 7.0, 0.955, 0.949),
+        Option(Config("e", 1.0), 6.0, 0.950, 0.944),
+    ]
+    assert {str(k): v for k, v in tiers(opts).items()} == {"a@1": 0, "b@1": 0, "c@1": 1, "d@1": 1, "e@1": 2}
+
+
+def test_a_flickering_top_configuration_does_not_walk_the_choice_down() -> None:
+    """Under load only the cheaper tiers are feasible and their members come and go; the
+    controller settles in the best feasible tier and never drifts to a worse one while a
+    configuration of the better tier stays feasible."""
+    opts = [
+        Option(Config("a", 1.0), 10.0, 0.970, 0.964),
+        Option(Config("c", 1.0), 8.0, 0.960, 0.954),
+        Option(Config("d", 1.0), 7.0, 0.955, 0.949),
+        Option(Config("e", 1.0), 6.0, 0.950, 0.944),
+    ]
+    profiled = {o.config: o.profiled_ms for o in opts}
+    state = ControllerState(config=Config("c", 1.0), last_switch_at=-100.0)
+    served = []
+    for t in range(40):
+        assert state.config is not None
+        observed = profiled[state.config] * (2.1 if t % 2 else 1.9)  # 2x slower, wobbling: c about at the bound
+        d, state = decide(POLICY, IDLE, Observed(state.config, observed, 30), opts, state, float(t), NOON)
+        served.append(str(d.config))
+    assert "e@1" not in served and "a@1" not in served
+    assert served[-1] == "d@1"

@@ -4,9 +4,13 @@ profiled latency table, previous state, now, local time of day) to (decision, ne
 It predicts every allowed configuration's latency percentile as profile x slowdown + overhead
 (`latency_model`, a Kalman filter fed by every configuration in the latency window, the whole
 request's time and the model's run apart) plus the time bodies take to decode, and picks,
-among the configurations predicted under headroom x SLO, the fastest of those as accurate as
-the most accurate one: accuracies inside its 95% interval count as ties (a 0.2-point gap on a
-few thousand images is noise, and on a site table of a few hundred images so is a 2-point one).
+among the configurations predicted under headroom x SLO, one of the most accurate tier, the
+fastest in it. Tiers group accuracies the table cannot tell apart: the most accurate allowed
+configuration and every one inside its 95% interval form the first, the most accurate of the
+rest and those inside its interval the next, and so on (a 0.2-point gap on a few thousand
+images is noise, and on a site table of a few hundred images so is a 2-point one). Tiers
+depend on the table and the policy only, never on the load, so the choice does not drift down
+a chain of ties as configurations come and go from the feasible set.
 It steps down at once when the configuration in force is predicted (or observed) over the
 bound, and steps up only after a more accurate configuration has been feasible for the dwell
 time. No clock and no I/O: the daemon, `policy simulate` and the tests drive the same code.
@@ -210,8 +214,8 @@ class _Plan:
     feasible: bool
     target: Option
     why_target: str
-    #: Accuracy at or above which a feasible option is as good as the best feasible one.
-    tie_floor: float
+    #: Accuracy tier of every allowed option: 0 the most accurate and its ties, then 1, ...
+    tier: dict[Config, int]
 
     def decision(
         self, config: Config, switch: bool, reason: str, new_state: ControllerState
@@ -238,39 +242,53 @@ class _Plan:
         return decision, new_state
 
 
+def tiers(options: list[Option]) -> dict[Config, int]:
+    """Accuracy tiers, most accurate first: each tier is the most accurate option not yet placed
+    and every remaining one inside its 95% interval."""
+    out: dict[Config, int] = {}
+    rest = sorted(options, key=lambda o: (-o.accuracy, o.profiled_ms))
+    tier = 0
+    while rest:
+        anchor = rest[0]
+        for o in rest:
+            if o.accuracy >= anchor.tie_floor:
+                out[o.config] = tier
+        rest = [o for o in rest if o.config not in out]
+        tier += 1
+    return out
+
+
 def _plan(c: Constraints, options: list[Option], latency: LatencyModel, decode_ms: float) -> _Plan:
     allowed = [o for o in options if _allowed(o.config, c)]
     if not allowed:  # the rules leave nothing that is loaded: fall back to every option
         allowed = list(options)
     bound = c.headroom * c.slo_ms
     predicted = {o.config: latency.predict(o.profiled_ms) + decode_ms for o in allowed}
+    tier = tiers(allowed)
     decode = f" incl. {_ms(decode_ms)} decoding" if decode_ms >= 0.05 else ""
     feasible = [o for o in allowed if predicted[o.config] <= bound]
     if feasible:
         preferred = [o for o in feasible if c.prefer and o.config.variant == c.prefer]
         pool = preferred or feasible
-        best = max(pool, key=lambda o: (o.accuracy, -predicted[o.config]))
-        tied = [o for o in pool if o.accuracy >= best.tie_floor]
-        target = min(tied, key=lambda o: (predicted[o.config], -o.accuracy))
+        target = min(pool, key=lambda o: (tier[o.config], predicted[o.config], -o.accuracy))
+        anchor = max((o for o in allowed if tier[o.config] == tier[target.config]), key=lambda o: o.accuracy)
         if preferred:
             how = "preferred variant"
-        elif target is best:
+        elif anchor.config == target.config:
             how = "most accurate feasible"
         else:
-            how = f"fastest feasible as accurate as {best.config} ({best.accuracy:.1%}, within its 95% interval)"
+            how = f"fastest feasible as accurate as {anchor.config} ({anchor.accuracy:.1%}, within its 95% interval)"
         why_target = (
             f"{target.config} predicted {_ms(predicted[target.config])}{decode} <= {c.headroom:g} x SLO "
             f"{_ms(c.slo_ms)}, {how} ({target.table} accuracy {target.accuracy:.1%})"
         )
-        tie_floor = best.tie_floor
     else:
         target = min(allowed, key=lambda o: predicted[o.config])
         why_target = (
             f"nothing is predicted under {c.headroom:g} x SLO {_ms(c.slo_ms)}: cheapest {target.config} "
             f"predicted {_ms(predicted[target.config])}{decode}"
         )
-        tie_floor = math.inf
-    return _Plan(c, latency, decode_ms, predicted, bool(feasible), target, why_target, tie_floor)
+    return _Plan(c, latency, decode_ms, predicted, bool(feasible), target, why_target, tier)
 
 
 def _step(
@@ -300,14 +318,17 @@ def _step(
             replace(base, config=target.config, last_switch_at=now, better_since=None),
         )
     preferred = bool(c.prefer) and target.config.variant == c.prefer and current.variant != c.prefer
+    tier = plan.tier
     better = (
-        target.config != current and predicted[target.config] <= bound and (cur.accuracy < plan.tie_floor or preferred)
+        target.config != current
+        and predicted[target.config] <= bound
+        and (tier[target.config] < tier[current] or preferred)
     )
     faster_tie = (
         not better
         and target.config != current
         and plan.feasible
-        and cur.accuracy >= plan.tie_floor
+        and tier[target.config] == tier[current]
         and predicted[target.config] < predicted[current]
         and now - base.last_switch_at >= c.min_switch_interval_s
     )
