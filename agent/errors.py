@@ -43,6 +43,13 @@ class RoiOutsideFrame(AgentError):
     status = 422
 
 
+class ExplainUnavailable(AgentError):
+    """`explain=true` asked of a variant whose model has no attention output to explain with."""
+
+    code = "explain_unavailable"
+    status = 422
+
+
 class NotFound(AgentError):
     code = "not_found"
     status = 404

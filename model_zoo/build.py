@@ -41,7 +41,14 @@ class BuildConfig(BaseModel):
     val_size: int = 1000
     test_size: int = Field(default=4000, description="large enough for 1-point differences to be real")
     shifted_size: int = 1000
-    data_dir: Path | None = Field(default=None, description="ImageFolder data instead of the synthetic set")
+    data_dir: Path | None = Field(
+        default=None,
+        description="Your labelled images instead of the synthetic set: DIR/<class>/*.png (split by val_share and "
+        "test_share), or DIR/train|val|test/<class>/ (used as they are), with an optional DIR/shifted/<class>/ for "
+        "a robustness figure",
+    )
+    val_share: float = Field(default=0.1, gt=0, lt=0.5, description="With a flat data_dir: share of images for val")
+    test_share: float = Field(default=0.1, gt=0, lt=0.5, description="With a flat data_dir: share for test")
     image_size: int = 128
     dim: int = 128
     depth: int = 6
@@ -90,6 +97,12 @@ def _versions() -> dict[str, str]:
     return out
 
 
+#: Fewest images a validation or test split may have: fewer say nothing about accuracy.
+MIN_SPLIT_IMAGES = 20
+#: Config keys that only size the synthetic set.
+SYNTHETIC_ONLY = ("train_size", "val_size", "test_size", "shifted_size")
+
+
 def _load_data(cfg: BuildConfig, log: Log) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str], str]:
     if cfg.data_dir is None:
         sizes = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size, "shifted": cfg.shifted_size}
@@ -97,21 +110,41 @@ def _load_data(cfg: BuildConfig, log: Log) -> tuple[dict[str, tuple[np.ndarray, 
         log(f"generated synthetic data: {sizes}")
         return splits, list(data.CLASSES), "synthetic surfaces (model_zoo.data), seeded"
     root = cfg.data_dir
+    ignored = [k for k in SYNTHETIC_ONLY if k in cfg.model_fields_set]
+    if ignored:
+        log(f"warning: {', '.join(ignored)} size the synthetic set only; with data_dir they are ignored")
+    if not root.is_dir():
+        raise ValueError(f"data_dir {root}: not a folder")
+    splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if (root / "train").is_dir():
-        splits = {}
         classes: tuple[str, ...] | None = None
         for split in ("train", "val", "test"):
+            if not (root / split).is_dir():
+                raise ValueError(f"data_dir {root}: has train/ but no {split}/ (give train/, val/ and test/)")
             x, y, classes = data.load_image_folder(root / split, cfg.image_size, classes)
             splits[split] = (x, y)
+        how = "train/val/test folders as given"
     else:
-        x, y, classes = data.load_image_folder(root, cfg.image_size)
+        names = tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "shifted"))
+        x, y, classes = data.load_image_folder(root, cfg.image_size, names or None)
         order = np.random.default_rng(cfg.seed).permutation(len(x))
-        n_val = n_test = max(1, len(x) // 10)
+        n_val, n_test = round(len(x) * cfg.val_share), round(len(x) * cfg.test_share)
         parts = {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
         splits = {k: (x[v], y[v]) for k, v in parts.items()}
-    # No shifted figure for a user's own data: a copy of test would pass for robustness.
-    log(f"loaded ImageFolder data from {root}: classes {list(classes)}")
-    return splits, list(classes), f"ImageFolder {root}"
+        how = (
+            f"split {1 - cfg.val_share - cfg.test_share:.0%}/{cfg.val_share:.0%}/{cfg.test_share:.0%} (seed {cfg.seed})"
+        )
+    for split in ("val", "test"):
+        if len(splits[split][0]) < MIN_SPLIT_IMAGES:
+            raise ValueError(
+                f"data_dir {root}: {split} would hold {len(splits[split][0])} images, fewer than {MIN_SPLIT_IMAGES}; "
+                "add images, raise val_share/test_share, or give train/, val/ and test/ folders"
+            )
+    if (root / "shifted").is_dir():  # a robustness figure only from images that really differ
+        splits["shifted"] = data.load_image_folder(root / "shifted", cfg.image_size, classes)[:2]
+    sizes = {k: len(v[0]) for k, v in splits.items()}
+    log(f"loaded ImageFolder data from {root}: classes {list(classes)}, {how}: {sizes}")
+    return splits, list(classes), f"ImageFolder {root}, {how}"
 
 
 def _resize_all(images: np.ndarray, size: int) -> np.ndarray:

@@ -318,6 +318,8 @@ def load_image_folder(
     images: list[NDArray[np.uint8]] = []
     labels: list[int] = []
     for label, name in enumerate(names):
+        if not (root / name).is_dir():
+            raise ValueError(f"{root}: no folder for class {name!r} (every split needs one per class)")
         for path in sorted((root / name).iterdir()):
             if path.suffix.lower() not in {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}:
                 continue

@@ -141,3 +141,56 @@ def test_zoo_eval_refuses_a_folder_that_is_not_a_class_and_save_without_data(tmp
     assert result.returncode == 1 and "scratchh" in result.stdout and "not classes of the zoo" in result.stdout
     result = cli("zoo", "eval", "--save")
     assert result.returncode == 1 and "--save needs --data" in result.stdout
+
+
+@pytest.mark.daemon
+def test_zoo_build_on_own_images_says_how_it_split_and_refuses_a_set_too_small(tmp_path: Path) -> None:
+    from tests.own_models import write_images
+
+    small = write_images(tmp_path / "small", 12)  # 36 images: val and test would get 4 each
+    tiny = str(REPO / "model_zoo/configs/tiny.yaml")
+    result = cli("zoo", "build", "--config", tiny, "--data", str(small), "--out", str(tmp_path / "z1"), timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
+    assert "val would hold 4 images, fewer than 20" in result.stdout
+    assert "train_size, val_size, test_size, shifted_size size the synthetic set only" in result.stdout
+
+    enough = write_images(tmp_path / "enough", 34)  # 102 images: 10 val and test at 10%, 25 at 25%
+    config = tmp_path / "own.yaml"
+    config.write_text((REPO / "model_zoo/configs/tiny.yaml").read_text() + "val_share: 0.25\ntest_share: 0.25\n")
+    out = tmp_path / "z2"
+    result = cli("zoo", "build", "--config", str(config), "--data", str(enough), "--out", str(out), timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "split 50%/25%/25% (seed 0)" in result.stdout
+    from agent.zoo.manifest import load_manifest
+
+    manifest = load_manifest(out / "manifest.json")
+    assert manifest.classes == ["dent", "good", "rust"]
+    assert all(p.shifted is None for v in manifest.variants for p in v.accuracy)  # no shifted set, no shifted figure
+    assert {p.test_n for v in manifest.variants for p in v.accuracy} == {26}
+
+
+@pytest.mark.daemon
+def test_every_zoo_command_on_a_folder_without_a_zoo_says_so_in_one_line(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    [png] = [p for p in data.write_samples(tmp_path / "img", "test", 1) if p.name.startswith("scratch")]
+    for args in (
+        ["zoo", "run", str(png), "--zoo", str(empty)],
+        ["zoo", "info", "--zoo", str(empty)],
+        ["zoo", "verify", "--zoo", str(empty)],
+        ["zoo", "eval", "--zoo", str(empty)],
+        ["zoo", "profile", "--zoo", str(empty), "--out", str(tmp_path / "p.json")],
+    ):
+        result = cli(*args)
+        assert result.returncode == 1, args
+        assert "cannot read manifest" in result.stdout and "Traceback" not in result.stdout + result.stderr, args
+    serve = subprocess.run(
+        [sys.executable, "-m", "agent", "serve", "--zoo", str(empty), "--socket", str(tmp_path / "s.sock")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "STATE_DIRECTORY": str(tmp_path / "st")},
+    )
+    assert serve.returncode == 1 and "cannot read manifest" in serve.stdout + serve.stderr
+    assert "Traceback" not in serve.stdout + serve.stderr

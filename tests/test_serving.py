@@ -31,11 +31,17 @@ from agent.serving.runner import Outcome, Prepare
 from agent.serving.state import AppState
 from agent.settings import Settings
 from agent.values import Config, Pin
+from agent.zoo.manifest import Preprocess
 from agent.zoo.sessions import Prediction
 
 SIZE = 8
 CLASSES = ["ok", "scratch", "crack"]
-VARIANT = SimpleNamespace(name="full", spec=SimpleNamespace(resolution=SIZE, tokens=16, budgets=(1.0, 0.5)))
+VARIANT = SimpleNamespace(
+    name="full",
+    spec=SimpleNamespace(
+        name="full", resolution=SIZE, tokens=16, budgets=(1.0, 0.5), preprocess=Preprocess(), attention_name="attention"
+    ),
+)
 
 
 class FakeRunner:

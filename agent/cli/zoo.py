@@ -21,6 +21,8 @@ from agent.zoo.stats import format_p
 if TYPE_CHECKING:
     import numpy as np
 
+    from agent.zoo.importer import Calibration
+
 app = typer.Typer(help="The model zoo: variants, manifest, build and profile.", no_args_is_help=True)
 console = Console(width=max(Console().width, 130))
 
@@ -145,8 +147,8 @@ def evaluate(
         files, labels = _image_folder(data, classes)
         title = f"accuracy on {len(files)} images of {data}"
 
-        def inputs_at(size: int) -> np.ndarray:
-            return _decode_files(files, size)
+        def inputs_at(size: int, resize: str) -> np.ndarray:
+            return _decode_files(files, size, resize)
 
     else:
         from model_zoo import data as synthetic
@@ -156,25 +158,25 @@ def evaluate(
         images, labels = synthetic.generate(split, count, seed=seed)
         title = f"accuracy on {count} {split} images (seed {seed})"
 
-        def inputs_at(size: int) -> np.ndarray:
-            return batch_inputs(images, size)
+        def inputs_at(size: int, resize: str) -> np.ndarray:
+            return batch_inputs(images, size, resize)
 
     table = Table(title=title)
     table.add_column("variant")
     for budget in BUDGETS:
         table.add_column(f"@{budget}", justify="right")
     points: list[SitePoint] = []
-    cache: dict[int, np.ndarray] = {}
+    cache: dict[tuple[int, str], np.ndarray] = {}
     for name, variant in loaded.variants.items():
-        size = variant.spec.resolution
-        if size not in cache:
-            cache[size] = inputs_at(size)
+        key = (variant.spec.resolution, variant.spec.preprocess.resize)
+        if key not in cache:
+            cache[key] = inputs_at(*key)
         row = []
         for budget in BUDGETS:
             if budget not in variant.spec.budgets:
                 row.append("-")
                 continue
-            hits = correct_mask(variant, cache[size], labels, budget)
+            hits = correct_mask(variant, cache[key], labels, budget)
             points.append(
                 SitePoint(
                     variant=name,
@@ -224,7 +226,7 @@ def _image_folder(root: Path, classes: list[str]) -> tuple[list[Path], np.ndarra
     return files, np.array(labels, dtype=np.int64)
 
 
-def _decode_files(files: list[Path], size: int) -> np.ndarray:
+def _decode_files(files: list[Path], size: int, resize: str) -> np.ndarray:
     """Each file decoded exactly as a request body of it would be."""
     import numpy as np
 
@@ -234,10 +236,141 @@ def _decode_files(files: list[Path], size: int) -> np.ndarray:
     out = []
     for path in files:
         try:
-            out.append(decode_to_input(open_image(path.read_bytes()), size))
+            out.append(decode_to_input(open_image(path.read_bytes()), size, resize=resize))
         except (BadInput, OSError) as exc:
             _fail(f"{path}: {exc}")
     return np.concatenate(out)
+
+
+def _floats(text: str | None, what: str) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        _fail(f"--{what}: expected three numbers like 0.485,0.456,0.406, got {text!r}")
+    if len(values) != 3:
+        _fail(f"--{what}: expected three numbers (one per channel), got {len(values)}")
+    return (values[0], values[1], values[2])
+
+
+def _class_names(text: str) -> list[str]:
+    """`a,b,c`, or `@FILE` with one name per line."""
+    if text.startswith("@"):
+        try:
+            lines = Path(text[1:]).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            _fail(f"--classes {text}: cannot read: {exc.strerror or exc}")
+        return [line.strip() for line in lines if line.strip()]
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+@app.command("import")
+def import_(
+    model: Annotated[Path, typer.Argument(help="Your ONNX image classifier: it becomes the variant `full`")],
+    out: Annotated[Path, typer.Option(help="The zoo folder to write (models are copied into it)")],
+    classes: Annotated[str, typer.Option(help="Class names in output order: a,b,c, or @FILE with one per line")],
+    variant: Annotated[
+        list[str] | None,
+        typer.Option(help="More variants, NAME=FILE (e.g. pruned=small.onnx, lowres=96px.onnx); repeatable"),
+    ] = None,
+    size: Annotated[int | None, typer.Option(help="Input size in pixels, if the graph does not fix it")] = None,
+    mean: Annotated[
+        str | None, typer.Option(help="Per-channel mean subtracted after --scale, e.g. 0.485,0.456,0.406")
+    ] = None,
+    std: Annotated[str | None, typer.Option(help="Per-channel std divided by, e.g. 0.229,0.224,0.225")] = None,
+    scale: Annotated[float, typer.Option(help="Multiplies the 0-255 pixel values first (1/255: values in [0, 1])")] = 1
+    / 255,
+    channel_order: Annotated[str, typer.Option(help="rgb or bgr, as the model was trained")] = "rgb",
+    resize: Annotated[str, typer.Option(help="bilinear, bicubic, lanczos, box or nearest")] = "bilinear",
+    output: Annotated[
+        str, typer.Option(help="What the first output holds: logits, probabilities, or auto (found by running it)")
+    ] = "auto",
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Also make an int8 variant of full (onnxruntime quantizer)")
+    ] = False,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(
+            help="Images for static int8 calibration; an ImageFolder (one subfolder per class) also bounds "
+            "the accuracy int8 may lose (1 pt)"
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing manifest in --out")] = False,
+) -> None:
+    """Make a zoo from your own ONNX classifiers, for `edge-agent serve --zoo DIR`.
+
+    The layout (NCHW or NHWC), size, inputs, outputs, hashes and parameter counts are read
+    from the files. Variants without a token-budget input (an int64 `token_keep`) serve at
+    budget 1. Only int8 can be made here (--int8): pruned and low-resolution variants need
+    training, so bring them as --variant NAME=FILE. Then `edge-agent zoo profile --zoo DIR`
+    (latency on this gateway) and `edge-agent zoo eval --zoo DIR --data IMAGES --save`
+    (accuracy on your images) give the controller what it ranks and predicts by."""
+    from pydantic import ValidationError
+
+    from agent.errors import validation_message
+    from agent.zoo.importer import import_models
+    from agent.zoo.manifest import Preprocess
+
+    if (out / MANIFEST_NAME).exists() and not force:
+        _fail(f"{out / MANIFEST_NAME} exists; --force to overwrite it")
+    if output not in ("auto", "logits", "probabilities"):
+        _fail(f"--output: expected auto, logits or probabilities, got {output!r}")
+    models = {"full": model}
+    for item in variant or []:
+        name, sep, file = item.partition("=")
+        if not sep or not name or not file:
+            _fail(f"--variant: expected NAME=FILE, got {item!r}")
+        models[name] = Path(file)
+    try:
+        pre = Preprocess.model_validate(
+            {
+                "channel_order": channel_order,
+                "scale": scale,
+                "mean": _floats(mean, "mean"),
+                "std": _floats(std, "std"),
+                "resize": resize,
+            }
+        )
+    except ValidationError as exc:
+        _fail(f"invalid preprocessing: {validation_message(exc)}")
+    names = _class_names(classes)
+    calib = None
+    if calibration is not None:
+        calib = _calibration(calibration, names)
+    try:
+        manifest = import_models(
+            out,
+            models,
+            names,
+            pre,
+            output=output,  # type: ignore[arg-type]
+            size=size,
+            int8=int8,
+            calibration=calib,
+            log=lambda m: console.print(escape(m)),
+        )
+    except ZooError as exc:
+        _fail(exc.message)
+    console.print(
+        f"wrote {out / MANIFEST_NAME}: {', '.join(v.name for v in manifest.variants)}; next: "
+        f"edge-agent zoo profile --zoo {out}"
+    )
+
+
+def _calibration(root: Path, classes: list[str]) -> Calibration:
+    """Calibration images: an ImageFolder of the classes (labels kept) or a flat folder."""
+    from agent.zoo.importer import Calibration
+
+    if not root.is_dir():
+        _fail(f"{root}: not a folder")
+    if any(p.is_dir() for p in root.iterdir()):
+        files, labels = _image_folder(root, classes)
+        return Calibration(lambda size, resize: _decode_files(files, size, resize), labels)
+    flat = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not flat:
+        _fail(f"{root}: no images for calibration")
+    return Calibration(lambda size, resize: _decode_files(flat, size, resize), None)
 
 
 @app.command()
@@ -254,8 +387,13 @@ def profile(
     by_threads = {}
     with console.status("loading variants"):
         for threads in (1, 2):
-            loaded = open_zoo(zoo, SessionSettings(intra_threads=threads))
+            try:
+                loaded = open_zoo(zoo, SessionSettings(intra_threads=threads))
+            except ZooError as exc:
+                _fail(exc.message)
             by_threads[threads] = list(loaded.variants.values())
+    if not by_threads[1]:
+        _fail(f"no variant of {zoo} could be loaded")
     specs = {v.name: v.spec for v in by_threads[1]}
     started = time.monotonic()
     with console.status(f"profiling {len(specs)} variants, {runs} runs each"):
@@ -284,6 +422,14 @@ def build(
     config: Annotated[Path | None, typer.Option(help="Build config (YAML); defaults build the shipped zoo")] = None,
     seed: Annotated[int | None, typer.Option(help="Override the config's seed")] = None,
     out: Annotated[Path, typer.Option(help="Output folder")] = Path("build/zoo"),
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Train on your labelled images: DIR/<class>/*.png (split 80/10/10 by default, see val_share and "
+            "test_share), or DIR/train|val|test/<class>/; DIR/shifted/<class>/ adds a robustness figure",
+        ),
+    ] = None,
 ) -> None:
     """Train, prune, quantize, fine-tune lowres, evaluate, profile and write the manifest (needs torch)."""
     try:
@@ -293,9 +439,14 @@ def build(
         _fail(f"zoo build needs the train extra ({exc.name or exc}): pip install -e '.[train]'")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-    cfg = load_config(config)
+    try:
+        cfg = load_config(config)
+    except (OSError, ValueError) as exc:
+        _fail(f"{config}: {exc}")
     if seed is not None:
         cfg = cfg.model_copy(update={"seed": seed})
+    if data is not None:
+        cfg = cfg.model_copy(update={"data_dir": data})
     started = time.monotonic()
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
@@ -307,7 +458,10 @@ def build(
                 tasks[name] = progress.add_task(name, total=total)
             progress.update(tasks[name], completed=done, total=total)
 
-        manifest = run_build(cfg, out, progress.console.print, step)
+        try:
+            manifest = run_build(cfg, out, progress.console.print, step)
+        except ValueError as exc:  # the data: missing folders, a split too small
+            _fail(str(exc))
     summary = {
         v.name: {"test@1.0": v.accuracy_at(1.0), "shifted@1.0": v.accuracy_at(1.0, "shifted")}
         for v in manifest.variants
@@ -329,19 +483,25 @@ def run(
     from agent.zoo.preprocess import image_to_input
     from agent.zoo.sessions import SessionSettings, open_zoo
 
-    loaded = open_zoo(zoo, SessionSettings(intra_threads=2), names=variant)
+    try:
+        loaded = open_zoo(zoo, SessionSettings(intra_threads=2), names=variant)
+    except ZooError as exc:
+        _fail(exc.message)
     for name, reason in loaded.failures.items():
-        console.print(f"[red]skipped {name}[/red]: {reason}")
+        console.print(f"[red]skipped {name}[/red]: {escape(reason)}")
     if not loaded.variants:
         _fail("no variant could be loaded")
     table = Table()
     for col in ("image", "variant", "budget", "label", "score", "ms"):
         table.add_column(col)
     for path in images:
-        with Image.open(path) as image:
-            image.load()
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except OSError as exc:
+            _fail(f"{path}: cannot read image: {exc}")
         for name, v in loaded.variants.items():
-            x = image_to_input(image, v.spec.resolution)
+            x = image_to_input(image, v.spec.resolution, v.spec.preprocess.resize)
             start = time.perf_counter()
             pred = v.run(x, budget)
             ms = (time.perf_counter() - start) * 1000

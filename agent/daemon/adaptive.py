@@ -100,6 +100,28 @@ class AdaptiveLoop:
             self.accuracy.name,
         )
 
+    def missing_profile(self) -> str | None:
+        """Why the controller cannot work on this zoo, or None: with no latency profile for any
+        configuration it has nothing to predict with, which matters only when the policy leaves
+        more than one configuration to choose from."""
+        if self.options:
+            return None
+        zoo, allowed = self.runner.zoo, self.store.policy.allowed
+        names = [n for n in zoo.variants if allowed.variants is None or n in allowed.variants]
+        choices = [
+            (n, b)
+            for n in names
+            for b in zoo.variants[n].spec.budgets
+            if any(abs(b - a) < 1e-9 for a in allowed.budgets)
+        ]
+        if len(choices) <= 1:
+            return None
+        return (
+            f"no latency profile for the zoo at {zoo.directory} and the policy leaves {len(choices)} configurations "
+            f"to choose from: run `edge-agent zoo profile --zoo {zoo.directory}` (it writes "
+            f"{self.state_dir / DEVICE_PROFILE_NAME}, which the daemon reads), or allow one configuration"
+        )
+
     def _site_file_stamp(self) -> tuple[int, int] | None:
         try:
             st = (self.state_dir / SITE_ACCURACY_NAME).stat()

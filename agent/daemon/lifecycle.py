@@ -119,6 +119,9 @@ class Daemon:
         self.adaptive = AdaptiveLoop(runner, telemetry, s.policy, self.metrics, s.ort_threads, s.state_dir)
         if self.adaptive.store.last_error:
             log.error("policy_invalid_at_start", error=self.adaptive.store.last_error, using="built-in fallback policy")
+        missing = self.adaptive.missing_profile()
+        if missing:
+            raise AgentError(missing)
         self.adaptive.sample_telemetry()
         state = AppState(settings=s, zoo=zoo, runner=runner, metrics=self.metrics)
         state.reload = self.reload

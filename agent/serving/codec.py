@@ -267,7 +267,9 @@ def decode_v2_tensor(
     return _finite(np.array(arr, dtype=np.float32))
 
 
-def decode_to_input(image: Image.Image, size: int, roi: Roi | None = None) -> NDArray[np.float32]:
+def decode_to_input(
+    image: Image.Image, size: int, roi: Roi | None = None, resize: str = "bilinear"
+) -> NDArray[np.float32]:
     """Decode an opened image (see `open_image`) straight to the model's input.
 
     A JPEG is decoded at the smallest DCT scale (1/2, 1/4 or 1/8) that still gives at least
@@ -284,4 +286,4 @@ def decode_to_input(image: Image.Image, size: int, roi: Roi | None = None) -> ND
     rgb = to_rgb8(load_pixels(image))
     sx, sy = rgb.width / width, rgb.height / height
     box = (x * sx, y * sy, (x + w) * sx, (y + h) * sy) if roi is not None else None
-    return fit_rgb(rgb, size, box)
+    return fit_rgb(rgb, size, box, resize)

@@ -14,9 +14,9 @@ from agent.zoo.preprocess import image_to_input
 from agent.zoo.sessions import LoadedVariant
 
 
-def batch_inputs(images: NDArray[np.uint8], size: int) -> NDArray[np.float32]:
+def batch_inputs(images: NDArray[np.uint8], size: int, resize: str = "bilinear") -> NDArray[np.float32]:
     """(N, H, W, 3) uint8 images through the same preprocessing the daemon uses."""
-    return np.concatenate([image_to_input(img, size) for img in images])
+    return np.concatenate([image_to_input(img, size, resize) for img in images])
 
 
 def correct_mask(

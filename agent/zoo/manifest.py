@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.errors import ZooError, validation_message
 from agent.values import BUDGETS
@@ -20,6 +21,41 @@ class TensorSpec(_Strict):
     name: str
     dtype: str
     shape: list[int | str]
+
+
+ResizeMethod = Literal["bilinear", "bicubic", "lanczos", "box", "nearest"]
+
+
+class Preprocess(_Strict):
+    """What the model expects, from the daemon's canonical input (RGB, size x size, NCHW,
+    values in [0, 1]): `scale` multiplies the 0-255 pixel values, then `mean` is subtracted and
+    the result divided by `std` (per channel, in the model's channel order), then the layout.
+    The defaults are the shipped zoo's (it normalises inside the graph): [0, 1] RGB, NCHW.
+    ImageNet-trained models usually want mean 0.485,0.456,0.406 and std 0.229,0.224,0.225."""
+
+    channel_order: Literal["rgb", "bgr"] = "rgb"
+    layout: Literal["nchw", "nhwc"] = "nchw"
+    scale: float = Field(default=1 / 255, gt=0, le=1)
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    resize: ResizeMethod = "bilinear"
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, value: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
+        if value is not None and min(value) <= 0:
+            raise ValueError("every std must be > 0")
+        return value
+
+    @property
+    def is_identity(self) -> bool:
+        return (
+            self.channel_order == "rgb"
+            and self.layout == "nchw"
+            and abs(self.scale - 1 / 255) < 1e-12
+            and self.mean is None
+            and self.std is None
+        )
 
 
 class AccuracyPoint(_Strict):
@@ -69,6 +105,12 @@ class Variant(_Strict):
     size_bytes: int = Field(ge=0)
     accuracy: list[AccuracyPoint] = []
     latency: LatencyProfile | None = None
+    preprocess: Preprocess = Field(default_factory=Preprocess)
+    #: What the first output holds: logits (softmax is applied) or probabilities (used as they are).
+    output: Literal["logits", "probabilities"] = "logits"
+    #: The output holding a (B, grid, grid) attention map for `explain`; None: the second output
+    #: of a model with a token budget input (the shipped zoo's), else none.
+    attention_output: str | None = None
 
     @field_validator("file")
     @classmethod
@@ -76,6 +118,19 @@ class Variant(_Strict):
         if Path(value).is_absolute() or ".." in Path(value).parts:
             raise ValueError(f"file must be a path inside the zoo folder, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _attention_is_an_output(self) -> Variant:
+        names = [o.name for o in self.outputs]
+        if self.attention_output is not None and self.attention_output not in names:
+            raise ValueError(f"attention_output {self.attention_output!r} is not an output of the model ({names})")
+        return self
+
+    @property
+    def attention_name(self) -> str | None:
+        if self.attention_output is not None:
+            return self.attention_output
+        return self.outputs[1].name if self.token_input and len(self.outputs) > 1 else None
 
     @property
     def budgets(self) -> tuple[float, ...]:

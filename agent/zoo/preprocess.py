@@ -12,9 +12,18 @@ from PIL import Image
 
 from agent.errors import RoiOutsideFrame
 
-#: The one filter images are resized with: Pillow's bilinear, which widens its triangle
-#: kernel to the whole footprint when shrinking (antialiased, unlike OpenCV's INTER_LINEAR).
+#: The filter images are resized with unless a variant's manifest names another: Pillow's
+#: bilinear, which widens its triangle kernel to the whole footprint when shrinking
+#: (antialiased, unlike OpenCV's INTER_LINEAR).
 RESIZE_FILTER = Image.Resampling.BILINEAR
+#: The manifest's `preprocess.resize` names and Pillow's filters.
+FILTERS: dict[str, Image.Resampling] = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "nearest": Image.Resampling.NEAREST,
+}
 #: Before the final resize, a large image is first box-reduced by a whole factor while it stays
 #: at least this many times the target (Pillow's reducing_gap): a 1080p PNG is averaged 7x7
 #: in one cheap pass instead of the bilinear kernel spanning 15x8 source pixels per output.
@@ -72,35 +81,41 @@ def to_rgb8(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def fit_rgb(rgb: Image.Image, size: int, box: tuple[float, float, float, float] | None = None) -> NDArray[np.float32]:
+def fit_rgb(
+    rgb: Image.Image, size: int, box: tuple[float, float, float, float] | None = None, resize: str = "bilinear"
+) -> NDArray[np.float32]:
     """Crop to `box` (in `rgb`'s pixels), resize to size x size, as (1, 3, size, size) in [0, 1]."""
     if rgb.size != (size, size) or box is not None:
-        rgb = rgb.resize((size, size), RESIZE_FILTER, box=box, reducing_gap=REDUCING_GAP)
+        rgb = rgb.resize((size, size), FILTERS[resize], box=box, reducing_gap=REDUCING_GAP)
     arr = np.asarray(rgb, dtype=np.float32) * (1.0 / 255.0)
     return np.ascontiguousarray(arr.transpose(2, 0, 1)[None])
 
 
-def image_to_input(image: Image.Image | NDArray[np.uint8], size: int) -> NDArray[np.float32]:
+def image_to_input(image: Image.Image | NDArray[np.uint8], size: int, resize: str = "bilinear") -> NDArray[np.float32]:
     """A decoded image (or an (H, W, 3) uint8 RGB array) of any size and mode as a
     (1, 3, size, size) float32 tensor in [0, 1]."""
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
-    return fit_rgb(to_rgb8(image), size)
+    return fit_rgb(to_rgb8(image), size, resize=resize)
 
 
-def tensor_to_input(arr: NDArray[np.float32], size: int) -> NDArray[np.float32]:
+def tensor_to_input(arr: NDArray[np.float32], size: int, resize: str = "bilinear") -> NDArray[np.float32]:
     """A (1, 3, H, W) float tensor resized to (1, 3, size, size) when its size differs."""
     if arr.shape[-1] == size and arr.shape[-2] == size:
         return arr
     channels = [
-        np.asarray(Image.fromarray(np.ascontiguousarray(c), mode="F").resize((size, size), RESIZE_FILTER))
+        np.asarray(Image.fromarray(np.ascontiguousarray(c), mode="F").resize((size, size), FILTERS[resize]))
         for c in arr[0]
     ]
     return np.stack(channels)[None].astype(np.float32)
 
 
 def array_to_input(
-    arr: NDArray[np.float32] | NDArray[np.uint8], size: int, channel_order: ChannelOrder = "rgb", roi: Roi | None = None
+    arr: NDArray[np.float32] | NDArray[np.uint8],
+    size: int,
+    channel_order: ChannelOrder = "rgb",
+    roi: Roi | None = None,
+    resize: str = "bilinear",
 ) -> NDArray[np.float32]:
     """A checked client array (see `check_frame`) as the model's (1, 3, size, size) input:
     a float32 (1, 3, H, W) tensor in [0, 1], or a uint8 (H, W, 3) frame as cameras hold them.
@@ -110,11 +125,11 @@ def array_to_input(
         if roi is not None:
             roi.check(width, height)
             arr = arr[roi.y : roi.y + roi.height, roi.x : roi.x + roi.width]
-        out = fit_rgb(Image.fromarray(np.ascontiguousarray(arr)), size)
+        out = fit_rgb(Image.fromarray(np.ascontiguousarray(arr)), size, resize=resize)
     else:
         height, width = arr.shape[2], arr.shape[3]
         if roi is not None:
             roi.check(width, height)
             arr = arr[:, :, roi.y : roi.y + roi.height, roi.x : roi.x + roi.width]
-        out = tensor_to_input(arr.astype(np.float32, copy=False), size)
+        out = tensor_to_input(arr.astype(np.float32, copy=False), size, resize)
     return np.ascontiguousarray(out[:, ::-1] if channel_order == "bgr" else out)

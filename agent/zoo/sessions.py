@@ -13,7 +13,7 @@ import structlog
 from numpy.typing import NDArray
 
 from agent.errors import InferenceFailed, ZooError
-from agent.zoo.manifest import MANIFEST_NAME, Manifest, TensorSpec, Variant, keep_count, load_manifest
+from agent.zoo.manifest import MANIFEST_NAME, Manifest, Preprocess, TensorSpec, Variant, keep_count, load_manifest
 
 log = structlog.get_logger(__name__)
 
@@ -74,6 +74,22 @@ def softmax(logits: NDArray[np.float32]) -> NDArray[np.float32]:
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
+def to_model_input(x: NDArray[np.float32], pre: Preprocess) -> NDArray[np.float32]:
+    """The canonical (B, 3, S, S) RGB input in [0, 1] as the model wants it (`Preprocess`)."""
+    if pre.is_identity:
+        return x
+    y = x * np.float32(255.0 * pre.scale)
+    if pre.channel_order == "bgr":
+        y = y[:, ::-1]
+    if pre.mean is not None:
+        y = y - np.asarray(pre.mean, np.float32)[None, :, None, None]
+    if pre.std is not None:
+        y = y / np.asarray(pre.std, np.float32)[None, :, None, None]
+    if pre.layout == "nhwc":
+        y = y.transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
 @dataclass
 class LoadedVariant:
     """One verified variant with its onnxruntime session."""
@@ -82,15 +98,17 @@ class LoadedVariant:
     path: Path
     session: ort.InferenceSession
     image_input: str
-    output_names: list[str]
+    output_names: list[str]  # the scores, then the attention map if the model has one
 
     @property
     def name(self) -> str:
         return self.spec.name
 
     def run(self, image: NDArray[np.float32], budget: float = 1.0) -> Prediction:
-        """Run a (B, 3, S, S) batch at `budget`; a plain model ignores the budget."""
-        feeds: dict[str, NDArray[np.generic]] = {self.image_input: image}
+        """Run a canonical (B, 3, S, S) batch (RGB in [0, 1]) at `budget`; a plain model ignores
+        the budget. The variant's preprocessing and output kind are applied here, so every
+        caller (serving, evaluation, profiling) feeds the model the same way."""
+        feeds: dict[str, NDArray[np.generic]] = {self.image_input: to_model_input(image, self.spec.preprocess)}
         kept = self.spec.tokens
         applied = 1.0
         if self.spec.token_input:
@@ -102,7 +120,9 @@ class LoadedVariant:
         except Exception as exc:  # onnxruntime's errors (Fail, RuntimeException, ...) share no narrower base
             raise InferenceFailed(f"variant {self.name}: onnxruntime failed: {exc}") from exc
         attention = outputs[1].astype(np.float32) if len(outputs) > 1 else None
-        return Prediction(softmax(outputs[0]), attention, applied, kept)
+        scores = outputs[0].reshape(outputs[0].shape[0], -1).astype(np.float32)
+        probs = scores if self.spec.output == "probabilities" else softmax(scores)
+        return Prediction(probs, attention, applied, kept)
 
 
 def check_file(zoo_dir: Path, spec: Variant, verify: bool = True) -> Path:
@@ -137,8 +157,11 @@ def open_variant(zoo_dir: Path, spec: Variant, settings: SessionSettings, verify
         raise ZooError(f"variant {spec.name}: expected one image input, found {image_inputs}")
     if spec.token_input and spec.token_input not in inputs:
         raise ZooError(f"variant {spec.name}: the manifest names input {spec.token_input!r}, the model has {inputs}")
-    outputs = [o.name for o in session.get_outputs()][:2]
-    return LoadedVariant(spec, path, session, image_inputs[0], outputs)
+    outputs = [o.name for o in session.get_outputs()]
+    attention = spec.attention_name
+    if attention is not None and attention not in outputs:
+        raise ZooError(f"variant {spec.name}: the manifest names output {attention!r}, the model has {outputs}")
+    return LoadedVariant(spec, path, session, image_inputs[0], [outputs[0], *([attention] if attention else [])])
 
 
 def describe_onnx(path: Path, name: str, zoo_dir: Path) -> Variant:

@@ -23,7 +23,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from agent import __version__
-from agent.errors import BadInput
+from agent.errors import BadInput, ExplainUnavailable
 from agent.serving.api import Classification, ClassifyQuery
 from agent.serving.body import receive_body
 from agent.serving.codec import (
@@ -38,6 +38,7 @@ from agent.serving.codec import (
 from agent.serving.envelope import json_response
 from agent.serving.runner import Outcome, Prepare
 from agent.serving.state import AppState
+from agent.zoo.manifest import Variant
 from agent.zoo.preprocess import ChannelOrder, Roi, array_to_input
 from agent.zoo.sessions import LoadedVariant
 
@@ -95,6 +96,8 @@ def classify_handler(state: AppState) -> Callable[[Scope, Receive, Send], Awaita
             query = ClassifyQuery.model_validate(dict(QueryParams(scope["query_string"])))
         except ValidationError as exc:
             raise RequestValidationError([{**e, "loc": ("query", *e["loc"])} for e in exc.errors()]) from None
+        if query.explain:
+            check_explainable(runner.zoo.variants[runner.current.variant].spec)
         body = await receive_body(receive, headers.get("content-length"), settings.max_body_bytes)
         ticket = runner.admit(query.deadline_ms)
         try:
@@ -106,6 +109,14 @@ def classify_handler(state: AppState) -> Callable[[Scope, Receive, Send], Awaita
         await json_response(answer(state, outcome, query.explain))(scope, receive, send)
 
     return classify
+
+
+def check_explainable(spec: Variant) -> None:
+    if spec.attention_name is None:
+        raise ExplainUnavailable(
+            f"explain=true: variant {spec.name} has no attention output to explain with; the manifest's "
+            "attention_output names one when the model has it (docs/own-model.md)"
+        )
 
 
 def decoder(kind: str, body: bytes, roi: Roi | None = None, channel_order: ChannelOrder = "rgb") -> Prepare:
@@ -120,7 +131,7 @@ def decoder(kind: str, body: bytes, roi: Roi | None = None, channel_order: Chann
 
         def prepare_image(variant: LoadedVariant) -> np.ndarray:
             try:
-                return decode_to_input(image, variant.spec.resolution, roi)
+                return decode_to_input(image, variant.spec.resolution, roi, variant.spec.preprocess.resize)
             finally:
                 release(image)
 
@@ -131,7 +142,7 @@ def decoder(kind: str, body: bytes, roi: Roi | None = None, channel_order: Chann
         roi.check(width, height)
 
     def prepare_array(variant: LoadedVariant) -> np.ndarray:
-        return array_to_input(frame, variant.spec.resolution, channel_order, roi)
+        return array_to_input(frame, variant.spec.resolution, channel_order, roi, variant.spec.preprocess.resize)
 
     return prepare_array
 

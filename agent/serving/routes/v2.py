@@ -107,7 +107,7 @@ async def infer(state: AppState, name: str, request: Request) -> dict[str, Any]:
         raise
 
     def prepare(variant: LoadedVariant) -> np.ndarray:
-        return array_to_input(arr, variant.spec.resolution, channel_order)
+        return array_to_input(arr, variant.spec.resolution, channel_order, resize=variant.spec.preprocess.resize)
 
     return answer(state, name, req.id, await runner.run(ticket, prepare))
 
