@@ -200,13 +200,12 @@ class AdaptiveLoop:
 
     def _served(self, now: float, percentile: float, span_s: float) -> tuple[Served, ...]:
         """Every configuration in the window: its whole-request and model-only percentiles."""
-        out = []
-        for config in sorted(self.runner.window.configs(now, span_s)):
-            whole, count = self.runner.window.percentile(now, percentile, span_s, config)
-            model, _ = self.runner.model_window.percentile(now, percentile, span_s, config)
-            if whole is not None:
-                out.append(Served(config, whole, model, count))
-        return tuple(out)
+        whole = self.runner.window.by_config(now, percentile, span_s)
+        model = self.runner.model_window.by_config(now, percentile, span_s)
+        return tuple(
+            Served(config, p, model[config][0] if config in model else None, count)
+            for config, (p, count) in sorted(whole.items())
+        )
 
     def tick(self) -> Decision | None:
         """One controller step; switches the runner when the controller says so."""
@@ -219,9 +218,10 @@ class AdaptiveLoop:
         current = self.runner.current
         if self.state.config != current:  # a pin or an admin switch moved it: follow the truth
             self.state = ControllerState(config=current, latency=self.state.latency, last_switch_at=now)
-        p, count = self.runner.window.percentile(now, policy.slo.percentile, policy.slo.window_s, current)
-        local = dt.datetime.fromtimestamp(self.snapshot.time).time()  # the gateway's time zone, for time_between rules
         served = self._served(now, policy.slo.percentile, policy.slo.window_s)
+        own = next((s for s in served if s.config == current), None)
+        p, count = (own.percentile_ms, own.count) if own is not None else (None, 0)
+        local = dt.datetime.fromtimestamp(self.snapshot.time).time()  # the gateway's time zone, for time_between rules
         decision, self.state = decide(
             policy,
             self.snapshot,

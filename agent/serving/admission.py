@@ -67,11 +67,17 @@ class LatencyWindow:
             return None, 0
         return float(np.percentile(values, q)), len(values)
 
-    def configs(self, now: float, span_s: float | None = None) -> set[Config]:
-        """The configurations with requests in the window."""
+    def by_config(self, now: float, q: float, span_s: float | None = None) -> dict[Config, tuple[float, int]]:
+        """The q-th percentile and count of each configuration's requests in the window, in one
+        pass (the controller asks every tick; under overload the window holds thousands)."""
         since = now - (span_s or self.span_s)
         with self._lock:
-            return {c for t, _, c in self._items if t >= since and c is not None}
+            items = list(self._items)
+        groups: dict[Config, list[float]] = {}
+        for t, v, c in items:
+            if t >= since and c is not None:
+                groups.setdefault(c, []).append(v)
+        return {c: (float(np.percentile(vs, q)), len(vs)) for c, vs in groups.items()}
 
     def attainment(self, now: float, slo_ms: float, span_s: float | None = None) -> float | None:
         values = self.values(now, span_s)
