@@ -250,3 +250,16 @@ def test_a_flickering_top_configuration_does_not_walk_the_choice_down() -> None:
         served.append(str(d.config))
     assert "e@1" not in served and "a@1" not in served
     assert served[-1] == "d@1"
+
+
+def test_a_preferred_cheaper_variant_is_a_step_down_in_words_too() -> None:
+    """A `prefer` rule moves full@1 to the cheaper, less accurate pruned@1 after the dwell: the
+    reason says "step down", never "step up"."""
+    p = rule_policy("{time_between: ['08:00', '18:00']}", "{prefer: pruned}")
+    state = ControllerState(config=Config("full", 1.0), last_switch_at=-100.0)
+    for t in range(12):
+        d, state = decide(p, IDLE, Observed(state.config, 10.0, 30), OPTIONS, state, float(t), NOON)
+        if d.switch:
+            break
+    assert d.switch and d.config == Config("pruned", 1.0)
+    assert d.reason.startswith("step down") and "step up" not in d.reason

@@ -353,7 +353,7 @@ def _step(
         return plan.decision(
             target.config,
             True,
-            f"step up after {waited:.1f} s >= dwell {dwell:g} s: {plan.why_target}",
+            f"{_direction(cur, target)} after {waited:.1f} s >= dwell {dwell:g} s: {plan.why_target}",
             replace(base, config=target.config, last_switch_at=now, better_since=None),
         )
     return plan.decision(
@@ -362,6 +362,16 @@ def _step(
         f"keep {current}: {target.config} feasible for {waited:.1f} s of dwell {dwell:g} s",
         replace(base, better_since=since),
     )
+
+
+def _direction(cur: Option, target: Option) -> str:
+    """The words for a switch: up to a more accurate configuration, down to a cheaper one (a
+    preferred variant may be either), whatever made the controller move."""
+    if target.accuracy > cur.accuracy:
+        return "step up"
+    if target.profiled_ms < cur.profiled_ms:
+        return "step down"
+    return "switch"
 
 
 def _allowed(config: Config, c: Constraints) -> bool:
