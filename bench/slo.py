@@ -230,6 +230,7 @@ def main() -> None:
     ap.add_argument("--policy", type=Path, default=Path(__file__).with_name("slo-policy.yaml"))
     ap.add_argument("--quick", action="store_true", help="8 s phases, edge-agent and full@1 only")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--name", help="results name (default slo; e.g. slo_30ms for another policy)")
     ap.add_argument(
         "--configs", help="comma-separated static configurations instead of the frontier ('' for none: edge-agent only)"
     )
@@ -392,7 +393,7 @@ def main() -> None:
         + f" (the most accurate tier of the test table: {', '.join(proof['most_accurate_or_tied'])}; "
         "stepping up waits for the policy's dwell).\n"
     )
-    name = f"slo_frames_{args.frames}" if args.frames else "slo"
+    name = args.name or (f"slo_frames_{args.frames}" if args.frames else "slo")
     if args.quick or args.configs is not None:
         name += "_partial"  # not the full comparison: never in place of the committed results
     write_results(name, payload, md)
