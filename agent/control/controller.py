@@ -27,7 +27,7 @@ from agent.control.rules import Constraints, resolve
 from agent.policy.schema import Policy
 from agent.telemetry.snapshot import Snapshot
 from agent.values import Config
-from agent.zoo.accuracy_tables import Estimate
+from agent.zoo.accuracy_tables import Estimate, manifest_table
 from agent.zoo.manifest import LatencyProfile, Manifest
 
 #: Fewest requests of a configuration in the window before its latency informs the model.
@@ -131,6 +131,7 @@ def options_from_manifest(
 ) -> list[Option]:
     """Every loaded variant x budget with a profiled latency, with its accuracy in `accuracy`
     (the manifest's test figures when None; a configuration the table lacks ranks last)."""
+    estimates = accuracy if accuracy is not None else manifest_table(manifest, "test").estimates
     options = []
     for variant in manifest.variants:
         if variant.name not in loaded or variant.name not in table:
@@ -140,16 +141,10 @@ def options_from_manifest(
             if latency is None:
                 continue
             config = Config(variant.name, budget)
-            if accuracy is None:
-                acc = variant.accuracy_at(budget)
-                point = variant.accuracy_point(budget)
-                low = point.test_ci[0] if point is not None and point.test_ci else None
-                options.append(Option(config, latency, acc if acc is not None else 0.0, low, accuracy_table))
-            else:
-                est = accuracy.get(config)
-                options.append(
-                    Option(config, latency, est.accuracy if est else 0.0, est.low if est else None, accuracy_table)
-                )
+            est = estimates.get(config)
+            options.append(
+                Option(config, latency, est.accuracy if est else 0.0, est.low if est else None, accuracy_table)
+            )
     return options
 
 
