@@ -9,7 +9,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,3 +129,27 @@ def eventually(
         time.sleep(interval)
     why = f"; {context()}" if context is not None else ""
     raise AssertionError(f"not within {timeout} s: {what} (last: {last!r}){why}")
+
+
+@contextmanager
+def serving_as_written(args: list[str], cwd: Path, env: dict[str, str], notify: Path) -> Iterator[None]:
+    """`edge-agent ARGS` as a user types it (no test socket of ours), until READY=1; on leaving,
+    SIGTERM and a clean exit are required."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify))
+    listener.settimeout(120)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", *args],
+        cwd=cwd,
+        env={**env, "NOTIFY_SOCKET": str(notify)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while b"READY=1" not in listener.recv(4096):
+            pass
+        yield
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+        listener.close()

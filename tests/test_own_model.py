@@ -11,7 +11,6 @@ import multiprocessing
 import os
 import re
 import shlex
-import socket as socketlib
 import subprocess
 import sys
 import threading
@@ -26,7 +25,7 @@ from PIL import Image
 from agent.zoo.importer import Calibration, import_models
 from agent.zoo.manifest import Preprocess, load_manifest
 from agent.zoo.sessions import verify_zoo
-from tests.daemon import REPO, DaemonProcess, eventually
+from tests.daemon import REPO, DaemonProcess, eventually, serving_as_written
 from tests.own_models import CLASSES, MEAN, STD, export_cnns, reference_probabilities, write_images
 
 pytestmark = pytest.mark.daemon
@@ -265,24 +264,7 @@ def test_the_walkthrough_runs_as_written(own: dict[str, Path], tmp_path: Path) -
         )
         assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
         assert "Traceback" not in result.stderr
-    notify = work / "notify.sock"
-    listener = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_DGRAM)
-    listener.bind(str(notify))
-    listener.settimeout(120)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", *shlex.split(serve)[1:]],
-        cwd=work,
-        env={**env, "NOTIFY_SOCKET": str(notify)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        while b"READY=1" not in listener.recv(4096):
-            pass
+    with serving_as_written(shlex.split(serve)[1:], work, env, work / "notify.sock"):
         out = subprocess.run(curl, shell=True, cwd=work, capture_output=True, text=True, timeout=30)
         answer = json.loads(out.stdout)
         assert answer["label"] in CLASSES and answer["variant"] in {"full", "small", "int8"}, out.stdout
-    finally:
-        proc.terminate()
-        assert proc.wait(30) == 0
-        listener.close()

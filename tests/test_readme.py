@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.daemon import serving_as_written
 
 pytestmark = pytest.mark.daemon  # every test here talks to a daemon subprocess
 
@@ -24,26 +25,7 @@ def test_readme_curl_example_classifies_against_the_daemon_started_as_the_readme
     assert serve.endswith("edge-agent serve")  # no flags: the default socket ./run/edge-agent.sock in the checkout
     socket = REPO / "run" / "edge-agent.sock"
     env = {**os.environ, "STATE_DIRECTORY": str(tmp_path / "state")}
-    notify = tmp_path / "notify.sock"
-    import socket as socketlib
-
-    listener = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_DGRAM)
-    listener.bind(str(notify))
-    listener.settimeout(120)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "serve"],
-        cwd=REPO,
-        env={**env, "NOTIFY_SOCKET": str(notify)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        while b"READY=1" not in listener.recv(4096):
-            pass
+    with serving_as_written(["serve"], REPO, env, tmp_path / "notify.sock"):
         out = subprocess.run(curl, shell=True, cwd=REPO, capture_output=True, text=True, timeout=30)
         assert '"label":"scratch"' in out.stdout, out.stdout + out.stderr
-    finally:
-        proc.terminate()
-        assert proc.wait(30) == 0
-        listener.close()
     assert not socket.exists()
