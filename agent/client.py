@@ -8,6 +8,7 @@ parsed with orjson.
 
 from __future__ import annotations
 
+import errno
 import io
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import httpcore
 import numpy as np
 import orjson
 
-from agent.paths import default_socket
+from agent.paths import Located, locate_socket
 
 CONTENT_TYPES = {
     ".png": "image/png",
@@ -41,15 +42,42 @@ class ClientError(Exception):
 
 
 class DaemonUnreachable(ConnectionError):
-    """No answer: nothing listens on the socket, the connection broke, or the answer timed out."""
+    """No answer: nothing listens on the socket, the connection broke, or the answer timed out.
+    The message names the socket, how it was chosen, and what to do."""
+
+
+#: What to do about a failed connect, by errno: the operator's next step, not the OS's words again.
+_HINTS = {
+    errno.ENOENT: "start it or pass --socket",
+    errno.ECONNREFUSED: "nothing listens on it (a stopped daemon left it behind); start it or pass --socket",
+    errno.EACCES: "connect as root or as a member of the socket's group (edge-agent for the service)",
+}
+
+
+def _unreachable(where: Located, exc: Exception) -> DaemonUnreachable:
+    """The error for a connection that failed with `exc` (an httpcore error wrapping the OSError)."""
+    cause: BaseException | None = exc
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, OSError):
+        reason = cause.strerror or str(cause)
+        hint = _HINTS.get(cause.errno or 0)
+    else:
+        reason, hint = str(exc) or type(exc).__name__, None
+    return DaemonUnreachable(f"cannot reach the daemon at {where}: {reason}" + (f"; {hint}" if hint else ""))
 
 
 class Client:
     """The daemon's API as methods. Connections are kept alive and reopened when the daemon
     has closed one; calls from several threads at once each get their own connection."""
 
-    def __init__(self, socket: Path | None = None, timeout: float = 30.0) -> None:
-        self.socket = socket or default_socket()
+    def __init__(self, socket: Path | Located | None = None, timeout: float = 30.0) -> None:
+        """`socket`: a path, one found by `agent.paths.locate_socket` (its errors then say how it
+        was chosen), or None for the discovery rule."""
+        if socket is None:
+            socket = locate_socket()
+        self.where = socket if isinstance(socket, Located) else Located(socket, "as given")
+        self.socket = self.where.path
         self.timeout = timeout
         self._pool = httpcore.ConnectionPool(uds=str(self.socket), max_connections=100, max_keepalive_connections=20)
         self._extensions = {"timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}}
@@ -77,9 +105,9 @@ class Client:
         try:
             response = self._pool.request(method, url, headers=headers, content=body, extensions=self._extensions)
         except httpcore.TimeoutException as exc:
-            raise DaemonUnreachable(f"no answer from {self.socket} within {self.timeout:g} s") from exc
+            raise DaemonUnreachable(f"no answer from the daemon at {self.where} within {self.timeout:g} s") from exc
         except (httpcore.NetworkError, httpcore.ProtocolError) as exc:
-            raise DaemonUnreachable(f"{self.socket}: {exc or type(exc).__name__}") from exc
+            raise _unreachable(self.where, exc) from exc
         return response.status, response.content
 
     def _answer(self, method: str, path: str, **kwargs: Any) -> bytes:

@@ -11,7 +11,7 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from agent.errors import AgentError, validation_message
-from agent.paths import default_socket, default_zoo_dir
+from agent.paths import daemon_policy_path, default_socket, default_zoo_dir
 
 #: Settings a reload (SIGHUP, `systemctl reload`) applies at once; the others need a restart.
 LIVE_SETTINGS = frozenset({"admin_uids", "request_log_sample", "log_level"})
@@ -34,7 +34,10 @@ class Settings(BaseSettings):
     socket: Path = Field(default_factory=default_socket)
     socket_mode: int = 0o660
     zoo: Path = Field(default_factory=default_zoo_dir)
-    policy: Path | None = None
+    policy: Path = Field(
+        default_factory=daemon_policy_path,
+        description="Policy file (YAML); the daemon does not start without it",
+    )
     state_dir: Path | None = None
     workers: int = Field(default=0, ge=0, le=64, description="0: one per core")
     ort_threads: int = Field(default=0, ge=0, le=64, description="0: cores // workers")

@@ -45,6 +45,6 @@ def daemon(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def sample_png(tmp_path: Path) -> Path:
-    from model_zoo import data
+    from tests.samples import agreed_png
 
-    return next(p for p in data.write_samples(tmp_path / "img", "test", 1) if p.name.startswith("scratch"))
+    return agreed_png(tmp_path / "img")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from model_zoo import data
+from tests.samples import agreed_png
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,7 +49,7 @@ def test_zoo_info_and_verify_without_torch(no_torch: dict[str, str]) -> None:
 
 @pytest.mark.daemon
 def test_classify_an_image_with_every_variant_without_torch(no_torch: dict[str, str], tmp_path: Path) -> None:
-    [png] = [p for p in data.write_samples(tmp_path, "test", 1) if p.name.startswith("scratch")]
+    png = agreed_png(tmp_path)
     result = cli("zoo", "run", str(png), env=no_torch)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = [line for line in result.stdout.splitlines() if png.name in line]
@@ -173,7 +174,7 @@ def test_zoo_build_on_own_images_says_how_it_split_and_refuses_a_set_too_small(t
 def test_every_zoo_command_on_a_folder_without_a_zoo_says_so_in_one_line(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    [png] = [p for p in data.write_samples(tmp_path / "img", "test", 1) if p.name.startswith("scratch")]
+    png = agreed_png(tmp_path / "img")
     for args in (
         ["zoo", "run", str(png), "--zoo", str(empty)],
         ["zoo", "info", "--zoo", str(empty)],

@@ -1,9 +1,14 @@
 """agent.client against a stand-in server on a Unix socket (the standard library's, in a
-thread): what it sends, how it reads answers and errors, and what it says when nobody answers."""
+thread): what it sends, how it reads answers and errors, and what it says when nobody answers:
+the socket, how it was found (`agent.paths.locate_socket`), and what to do, from every client
+command."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import socket
 import socketserver
 import threading
 from collections.abc import Iterator
@@ -12,10 +17,12 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+import httpcore
 import numpy as np
 import pytest
 
-from agent.client import Client, ClientError, DaemonUnreachable
+from agent import paths
+from agent.client import Client, ClientError, DaemonUnreachable, _unreachable
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -116,3 +123,106 @@ def test_nobody_listening_is_daemon_unreachable(tmp_path: Path) -> None:
         with pytest.raises(DaemonUnreachable, match=r"none\.sock"):
             client.status()
         assert not client.ready()
+
+
+# -- which socket, and what an error says about it -------------------------------------------------
+
+
+@pytest.fixture
+def service_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The service's runtime directory moved to tmp_path, no variable set, a checkout as cwd."""
+    for name in ("EDGE_AGENT_SOCKET", "RUNTIME_DIRECTORY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    service = tmp_path / "run-edge-agent"
+    monkeypatch.setattr(paths, "SERVICE_RUNTIME_DIR", service)
+    return service
+
+
+def _stale_socket(path: Path) -> Path:
+    """A socket file nothing listens on, as a daemon killed with SIGKILL leaves behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))
+    sock.close()
+    return path
+
+
+def test_an_unreachable_daemon_is_named_with_how_its_socket_was_chosen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "none.sock"
+    monkeypatch.setenv("EDGE_AGENT_SOCKET", str(missing))
+    with Client(timeout=1) as client, pytest.raises(DaemonUnreachable) as caught:
+        client.status()
+    assert str(caught.value) == (
+        f"cannot reach the daemon at {missing} ($EDGE_AGENT_SOCKET): No such file or directory; "
+        "start it or pass --socket"
+    )
+
+
+def test_a_stale_service_socket_is_named_as_the_services(service_dir: Path) -> None:
+    stale = _stale_socket(service_dir / paths.SOCKET_NAME)
+    with Client(timeout=1) as client, pytest.raises(DaemonUnreachable) as caught:
+        client.status()
+    assert str(caught.value).startswith(
+        f"cannot reach the daemon at {stale} (the service's socket): Connection refused"
+    )
+    assert "start it or pass --socket" in str(caught.value)
+
+
+def test_a_socket_closed_to_this_user_says_who_may_connect() -> None:
+    """Root is never refused, so the refusal is made here as httpcore reports it: its connect
+    error raised from the OSError."""
+    where = paths.Located(Path("/run/edge-agent/edge-agent.sock"), "the service's socket")
+    try:
+        try:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
+    except httpcore.ConnectError as exc:
+        message = str(_unreachable(where, exc))
+    assert message.startswith(f"cannot reach the daemon at {where.path} (the service's socket): Permission denied")
+    assert "member of the socket's group" in message
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status"],
+        ["status", "--json"],
+        ["pin", "int8@0.5"],
+        ["unpin"],
+        ["classify", "IMAGE"],
+        ["policy", "reload"],
+        ["policy", "reload", "--json"],
+    ],
+)
+def test_every_client_command_names_the_socket_it_tried_and_how(
+    service_dir: Path, tmp_path: Path, args: list[str]
+) -> None:
+    from typer.testing import CliRunner
+
+    from agent.cli.main import app
+
+    stale = _stale_socket(service_dir / paths.SOCKET_NAME)
+    image = tmp_path / "x.png"
+    image.write_bytes(b"\x89PNG")
+    result = CliRunner().invoke(app, [str(image) if a == "IMAGE" else a for a in args])
+    assert result.exit_code == 1
+    assert f"cannot reach the daemon at {stale} (the service's socket): Connection refused" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_telemetry_record_says_which_socket_it_found_no_daemon_on(service_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from agent.cli.main import app
+
+    stale = _stale_socket(service_dir / paths.SOCKET_NAME)
+    out = tmp_path / "trace.jsonl"
+    result = CliRunner().invoke(
+        app, ["telemetry", "record", "--out", str(out), "--seconds", "0.1", "--interval", "0.1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"no daemon on {stale} (the service's socket)" in result.output.replace("\n", "")  # rich wraps at 80

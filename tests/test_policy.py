@@ -3,7 +3,6 @@ resolution, and the last-good reload behaviour the daemon relies on."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import math
@@ -28,11 +27,14 @@ from agent.policy.loader import MAX_BYTES, PolicyError, load_policy, parse_polic
 from agent.policy.schema import FALLBACK_POLICY, Policy, policy_warnings
 from agent.policy.store import PolicyStore, ReloadResult
 from agent.telemetry.snapshot import Snapshot
+from tests.daemon import DaemonProcess, eventually
+from tests.zoos import make_zoo
 
 REPO = Path(__file__).resolve().parent.parent
 BROKEN_DIR = REPO / "tests" / "policies_broken"
 SHIPPED = sorted((REPO / "policies").glob("*.yaml"))
 ZOO_VARIANTS = ("full", "pruned", "int8", "lowres", "int8-lowres")
+ZOO_LIST = ", ".join(sorted(ZOO_VARIANTS))
 
 #: What each broken file's message must contain (besides the file name). Every file in
 #: tests/policies_broken/ needs an entry, so a new broken case cannot go unchecked.
@@ -51,11 +53,16 @@ EXPECTED = {
     "empty.yaml": ": empty policy file",
     "future-version.yaml": ":2:10: version: unsupported policy version 2; this edge-agent supports version 1",
     "headroom-above-one.yaml": ":4:13: slo.headroom: Input should be less than or equal to 1",
+    "indentation-mismatch.yaml": ":4:3: invalid YAML: this line's indentation matches none of the keys or list items"
+    " above it; hint: keys of one mapping, and items of one list, must start in the same column",
     "infinite-slo.yaml": ":3:15: slo.latency_ms: Input should be a finite number",
     "invalid-utf8.yaml": ":1:35: not UTF-8 text (byte 0xe9",
+    "key-at-wrong-level.yaml": ":8:5: rules[0].slo_ms: not valid here; `slo_ms` belongs under `rules[0].then:`",
+    "key-indented-under-a-value.yaml": ":4:13: invalid YAML: a 'key:' where a value was expected; hint: indent this line",
     "merge-key.yaml": ":3:7: anchors and aliases",
     "missing-slo.yaml": ":1:1: slo: missing required field",
     "missing-version.yaml": ":1:1: version: missing required field",
+    "misspelt-required-key.yaml": ":4:3: slo.latncy_ms: unknown key 'latncy_ms'; did you mean 'latency_ms'?",
     "negative-dwell.yaml": ":5:12: hysteresis.dwell_s: Input should be greater than or equal to 0",
     "negative-slo.yaml": ":3:15: slo.latency_ms: Input should be greater than 0 (got '-25')",
     "nul-byte.yaml": ":3:16: character U+0000 is not allowed",
@@ -67,14 +74,17 @@ EXPECTED = {
     "rule-without-condition.yaml": ":6:11: rules[0].when: a rule needs at least one condition",
     "rule-without-name.yaml": ":5:5: rules[0].name: missing required field",
     "string-version.yaml": ":1:10: version: unsupported policy version '1'",
-    "tab-indentation.yaml": ":3:1: invalid YAML: ",
+    "tab-indentation.yaml": ":3:1: invalid YAML: a tab character; hint: YAML indents with spaces only",
     "time-between-equal.yaml": ":7:7: rules[0].when: time_between: start and end are equal",
     "top-level-list.yaml": ":1:1: the top level must be a mapping",
     "top-level-scalar.yaml": ":1:1: the top level must be a mapping",
-    "two-documents.yaml": ":4:1: invalid YAML: expected a single document",
-    "unclosed-bracket.yaml": ":3:8: invalid YAML: while parsing a flow mapping",
-    "unknown-key.yaml": ":4:3: slo.latncy_ms: unknown key 'latncy_ms'",
-    "unknown-top-level-key.yaml": ":4:1: rule: unknown key 'rule'",
+    "two-documents.yaml": ":4:1: invalid YAML: a second YAML document ('---'); hint: ",
+    "unclosed-bracket.yaml": ":3:8: invalid YAML: the '{' at line 2, column 6 is not closed; hint: close it with '}'",
+    "unclosed-quote.yaml": ":8:1: invalid YAML: the quote at line 5, column 11 is never closed; hint: ",
+    "unknown-key.yaml": ":4:3: slo.latncy_ms: unknown key 'latncy_ms'; did you mean 'latency_ms'?",
+    "unknown-top-level-key.yaml": ":4:1: rule: unknown key 'rule'; did you mean 'rules'?",
+    # Well-formed, but not a variant of the shipped zoo, which `validate` checks names against.
+    "unknown-variant.yaml": ":8:24: rules[0].then.allow_variants[0]: unknown variant 'int8_lowres': not in the zoo",
     "unknown-variant-type.yaml": ":5:20: allowed.variants[1]: Input should be a valid string (got '8')",
     "wrong-type-latency.yaml": ":3:15: slo.latency_ms: Input should be a valid number",
     "zero-slo-scale.yaml": ":7:23: rules[0].then.slo_scale: Input should be greater than or equal to 0.1",
@@ -186,11 +196,12 @@ def test_policy_error_is_an_agent_error_with_stable_code() -> None:
     assert caught.value.message == "policies/x.yaml:2:19: slo.latency_ms: Input should be greater than 0 (got '0')"
 
 
-def test_several_problems_are_all_reported() -> None:
+def test_every_problem_is_reported_in_the_message_too() -> None:
     with pytest.raises(PolicyError) as caught:
         parse_policy("version: 1\nslo:\n  latency_ms: 0\n  headroom: 2\n", "x.yaml")
-    assert caught.value.message.endswith("(and 1 more)")
     assert [p.split(": ")[1] for p in caught.value.problems] == ["slo.latency_ms", "slo.headroom"]
+    assert caught.value.message == "\n".join(caught.value.problems)  # what status and the log show
+    assert "more)" not in caught.value.message
 
 
 def test_fifo_and_directory_are_refused_without_blocking(tmp_path: Path) -> None:
@@ -208,9 +219,9 @@ def test_fifo_and_directory_are_refused_without_blocking(tmp_path: Path) -> None
 @given(st.one_of(st.binary(max_size=300), st.text(max_size=300)))
 def test_any_input_is_a_policy_or_a_policy_error(data: bytes | str) -> None:
     try:
-        parse_policy(data, "fuzz.yaml")
+        parse_policy(data, "fuzz.yaml", ZOO_VARIANTS)
     except PolicyError as exc:
-        assert exc.message.startswith("fuzz.yaml")
+        assert exc.problems and all(p.startswith("fuzz.yaml") and "\n" not in p for p in exc.problems)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -221,8 +232,12 @@ def test_mutated_shipped_policy_is_a_policy_or_a_policy_error(data: st.DataObjec
         pos = data.draw(st.integers(0, len(source) - 1))
         junk = data.draw(st.binary(max_size=3) | st.sampled_from([b"&a ", b"*a", b"!!", b"\t", b"[", b"{", b":", b"-"]))
         source[pos : pos + data.draw(st.integers(0, 8))] = junk
-    with contextlib.suppress(PolicyError):
-        parse_policy(bytes(source), "mutant.yaml")
+    try:
+        parse_policy(bytes(source), "mutant.yaml", ZOO_VARIANTS)
+    except PolicyError as exc:
+        assert all(p.startswith("mutant.yaml") and "\n" not in p for p in exc.problems)
+        invalid_yaml = [p for p in exc.problems if ": invalid YAML: " in p]
+        assert all("; hint: " in p or "duplicate key" in p for p in invalid_yaml), invalid_yaml
 
 
 # -- YAML details operators run into ---------------------------------------------------------------
@@ -242,6 +257,111 @@ def test_budgets_are_deduplicated_and_sorted_largest_first() -> None:
     assert _policy("allowed:\n  budgets: [0.5, 1.0, 0.5, 0.25]\n").allowed.budgets == [1.0, 0.5, 0.25]
 
 
+# -- messages that point at the cause --------------------------------------------------------------
+
+
+def _problems(text: str, known: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text, "p.yaml", known)
+    return caught.value.problems
+
+
+def test_a_misspelt_required_key_comes_before_the_missing_field_it_explains() -> None:
+    problems = _problems("version: 1\nslo:\n  latncy_ms: 25\n  window_s: 5\n")
+    assert problems == (
+        "p.yaml:3:3: slo.latncy_ms: unknown key 'latncy_ms'; did you mean 'latency_ms'?",
+        "p.yaml:3:3: slo.latency_ms: missing required field (see slo.latncy_ms at line 3)",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "rules:\n  - name: hot\n    when: {cpu_above: 90}\n    then: {max_budget: 0.5}\n    latency_ms: 20\n",
+            "p.yaml:8:5: rules[0].latency_ms: not valid here; `latency_ms` belongs under `slo:`",
+        ),
+        (
+            "rules:\n  - name: hot\n    cpu_above: 90\n    when: {on_battery: true}\n    then: {max_budget: 0.5}\n",
+            "p.yaml:6:5: rules[0].cpu_above: not valid here; `cpu_above` belongs under `rules[0].when:`",
+        ),
+        (
+            "rules:\n  - name: a\n    when: {cpu_above: 90}\n    then: {max_budget: 0.5, name: b}\n",
+            "p.yaml:7:29: rules[0].then.name: not valid here; `name` belongs directly in `rules[0]`",
+        ),
+        (
+            "when: {cpu_above: 90}\n",
+            "p.yaml:4:1: when: not valid here; `when` belongs directly in each item of `rules:`",
+        ),
+        ("dwell_s: 3\n", "p.yaml:4:1: dwell_s: not valid here; `dwell_s` belongs under `hysteresis:`"),
+    ],
+)
+def test_a_known_key_at_the_wrong_level_is_named_as_misplaced(text: str, expected: str) -> None:
+    problems = _problems(BASE + text)
+    assert problems[0] == expected
+    assert "spelling" not in problems[0]
+
+
+def test_a_required_key_at_the_wrong_level_is_first_and_the_missing_field_points_at_it() -> None:
+    problems = _problems("version: 1\nslo:\n  percentile: 95\nlatency_ms: 25\n")
+    assert problems == (
+        "p.yaml:4:1: latency_ms: not valid here; `latency_ms` belongs under `slo:`",
+        "p.yaml:3:3: slo.latency_ms: missing required field (see latency_ms at line 4)",
+    )
+
+
+def test_an_unknown_key_suggests_a_close_one_elsewhere_or_lists_those_valid_here() -> None:
+    assert _problems(BASE + "allowed: {dwel_s: 3}\n") == (
+        "p.yaml:4:11: allowed.dwel_s: unknown key 'dwel_s'; did you mean 'dwell_s' (under `hysteresis:`)?",
+    )
+    assert _problems(BASE + "hysteresis: {zzz: 1}\n") == (
+        "p.yaml:4:14: hysteresis.zzz: unknown key 'zzz'; valid keys here: dwell_s, min_switch_interval_s",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "place", "what"),
+    [
+        ("version: 1\nslo:\n\tlatency_ms: 25\n", "3:1", "a tab character; hint: YAML indents with spaces only"),
+        ("version: 1\nslo:\n    latency_ms: 25\n  window_s: 5\n", "4:3", "this line's indentation matches none"),
+        ("version: 1\nslo:\n  latency_ms: 25\n    window_s: 5\n", "4:13", "a 'key:' where a value was expected"),
+        ("version: 1\nslo:\n  latency_ms 25\n  window_s: 5\n", "4:11", "a 'key:' where a value was expected"),
+        ("version: 1\nslo: {latency_ms: 25\n", "3:1", "the '{' at line 2, column 6 is not closed"),
+        ("version: 1\nslo: {latency_ms: 25}\nallowed: {budgets: [1, 0.5}\n", "3:27", "the '[' at line 3"),
+        ("version: 1\nslo: {latency_ms: 25}}\n", "2:22", "a '}' that closes nothing"),
+        ("version: 1\nslo:\n  latency_ms: 25\n  - 40\n", "4:3", "a list item ('- ') among the keys of a mapping"),
+        ("version: 1\nslo: @25\n", "2:6", "a value cannot start with @; hint: put the value in quotes"),
+        ('version: 1\nslo: {latency_ms: "25}\n', "3:1", "the quote at line 2, column 19 is never closed"),
+        ("version: 1\nslo: {latency_ms: 25}\nrules\n", "4:1", "line 3 has no ':' after its key"),
+        ('version: 1\nslo: "\\d"\n', "2:8", "unknown escape character 'd'; hint: "),
+    ],
+)
+def test_a_yaml_syntax_error_is_file_line_col_in_plain_words_with_a_hint(text: str, place: str, what: str) -> None:
+    (problem,) = _problems(text)
+    assert problem.startswith(f"p.yaml:{place}: invalid YAML: {what}"), problem
+    assert "; hint: " in problem and "\n" not in problem
+    assert "<block" not in problem and "while parsing" not in problem and "while scanning" not in problem
+
+
+def test_unknown_variants_are_errors_against_a_zoo_with_the_closest_name() -> None:
+    text = BASE + (
+        "allowed: {variants: [full, int8_lowres]}\n"
+        "rules:\n  - name: hot\n    when: {cpu_above: 90}\n    then: {allow_variants: [lowress], prefer: prunned}\n"
+    )
+    assert parse_policy(text, "p.yaml").allowed.variants == ["full", "int8_lowres"]  # no zoo: names not checked
+    zoo = f"({ZOO_LIST})"
+    assert _problems(text, ZOO_VARIANTS) == (
+        f"p.yaml:4:28: allowed.variants[1]: unknown variant 'int8_lowres': not in the zoo {zoo}; "
+        "did you mean 'int8-lowres'?",
+        f"p.yaml:8:29: rules[0].then.allow_variants[0]: unknown variant 'lowress': not in the zoo {zoo}; "
+        "did you mean 'lowres'?",
+        f"p.yaml:8:47: rules[0].then.prefer: unknown variant 'prunned': not in the zoo {zoo}; did you mean 'pruned'?",
+    )
+    assert _problems(BASE + "allowed: {variants: [resnet]}\n", ("a", "b")) == (
+        "p.yaml:4:22: allowed.variants[0]: unknown variant 'resnet': not in the zoo (a, b)",
+    )
+
+
 # -- shipped policies ------------------------------------------------------------------------------
 
 
@@ -251,8 +371,8 @@ def test_the_four_operator_policies_are_shipped() -> None:
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_policy_validates_without_warnings(path: Path) -> None:
-    policy = load_policy(path)
-    assert policy_warnings(policy, ZOO_VARIANTS) == []
+    policy = load_policy(path, ZOO_VARIANTS)
+    assert policy_warnings(policy) == []
     result = CliRunner().invoke(app, ["policy", "validate", str(path)])
     assert result.exit_code == 0, result.output
     assert f"ok {path}" in result.stdout
@@ -288,11 +408,41 @@ def test_validate_ok_and_bad_together_exits_1_and_reports_both(tmp_path: Path) -
     assert f"{bad}:3:15: slo.latency_ms" in result.output
 
 
-def test_validate_warns_about_variants_not_in_the_zoo(tmp_path: Path) -> None:
-    policy = _policy("allowed:\n  variants: [full, int4]\n")
-    assert policy_warnings(policy, ZOO_VARIANTS) == [
-        "variant 'int4' is not in the zoo (full, int8, int8-lowres, lowres, pruned)"
-    ]
+def test_validate_with_zoo_refuses_a_variant_that_zoo_lacks_and_names_the_closest(tmp_path: Path) -> None:
+    zoo = make_zoo(tmp_path / "zoo", {"small": (0.9, False), "large": (0.95, False)})
+    path = tmp_path / "p.yaml"
+    path.write_text(BASE + "allowed: {variants: [smal, large]}\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["policy", "validate", "--zoo", str(zoo), str(path)])
+    assert result.exit_code == 1, result.output
+    assert f"ok {path}" not in result.stdout
+    assert (
+        f"{path}:4:22: allowed.variants[0]: unknown variant 'smal': not in the zoo (large, small); "
+        "did you mean 'small'?" in result.output
+    )
+    path.write_text(BASE + "allowed: {variants: [small, large]}\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["policy", "validate", "--zoo", str(zoo), str(path)])
+    assert result.exit_code == 0, result.output
+    assert f"ok {path}" in result.stdout
+    # Without --zoo the names are checked against the shipped zoo, which has neither.
+    result = CliRunner().invoke(app, ["policy", "validate", str(path)])
+    assert result.exit_code == 1
+    assert f"{path}:4:22: allowed.variants[0]: unknown variant 'small'" in result.output
+
+
+def test_validate_with_a_zoo_without_manifest_is_a_usage_error_naming_it(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["policy", "validate", "--zoo", str(tmp_path), str(default_policy_path())])
+    assert result.exit_code == 2
+    assert "--zoo" in result.output and str(tmp_path / "manifest.json") in result.output
+    assert "ok " not in result.stdout
+
+
+def test_validate_without_a_zoo_at_hand_says_names_are_not_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("agent.paths.default_zoo_dir", lambda: tmp_path / "no-zoo")
+    result = CliRunner().invoke(app, ["policy", "validate", str(BROKEN_DIR / "unknown-variant.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "note: variant names not checked" in result.output and "--zoo DIR" in result.output
 
 
 def test_schema_is_json_with_the_policy_sections() -> None:
@@ -586,3 +736,57 @@ def test_store_with_broken_file_at_start_runs_on_the_default(tmp_path: Path) -> 
 def test_store_without_a_file_keeps_the_default() -> None:
     store = PolicyStore(None, FALLBACK_POLICY, clock=time.time)
     assert store.reload().ok and not store.changed_on_disk() and store.policy is FALLBACK_POLICY
+
+
+def test_store_refuses_a_variant_the_zoo_lacks_and_keeps_last_good(policy_file: Path) -> None:
+    store = PolicyStore(policy_file, FALLBACK_POLICY, clock=time.time, known_variants=ZOO_VARIANTS)
+    good = store.policy
+    policy_file.write_text(BASE + "allowed: {variants: [int8_lowres]}\n", encoding="utf-8")
+    result = store.reload()
+    assert not result.ok and store.policy is good
+    assert store.last_error == (
+        f"{policy_file}:4:22: allowed.variants[0]: unknown variant 'int8_lowres': not in the zoo ({ZOO_LIST}); "
+        "did you mean 'int8-lowres'?"
+    )
+
+
+# -- the daemon checks variant names against its zoo -------------------------------------------------
+
+
+@pytest.mark.daemon
+def test_daemon_refuses_a_policy_naming_a_variant_its_zoo_lacks_at_start_and_at_reload(tmp_path: Path) -> None:
+    """At start the built-in policy runs instead, as for any invalid file; at reload (the
+    admin route and the file watch alike) the last good policy stays in force. Status and the
+    log say why, with the name the operator probably meant."""
+    zoo = make_zoo(tmp_path / "zoo", {"a": (0.9, False), "b": (0.8, False)})
+    path = tmp_path / "policy.yaml"
+    text = "version: 1\nslo: {{latency_ms: {ms}}}\nallowed: {{variants: [a, {name}]}}\n"
+    path.write_text(text.format(ms=40, name="bb"))
+    d = DaemonProcess(
+        tmp_path / "d",
+        args=["--zoo", str(zoo), "--policy", str(path)],
+        env={"EDGE_AGENT_WARMUP_RUNS": "1", "EDGE_AGENT_POLICY_WATCH_S": "0.2"},
+    ).start()
+    why = f"{path}:3:25: allowed.variants[1]: unknown variant 'bb': not in the zoo (a, b); did you mean 'b'?"
+    try:
+        with d.client() as c:
+            policy = c.status()["policy"]
+            assert policy["source"] == "built-in default" and policy["last_error"] == why
+            assert '"policy_invalid_at_start"' in d.log()
+
+            path.write_text(text.format(ms=40, name="b"))
+            assert c.reload()["reloaded"] is True
+            eventually(lambda: c.status()["slo"]["latency_ms"] == 40, 10, "the good policy is in force")
+            kept = c.status()["policy"]
+            assert kept["source"] == str(path) and kept["last_error"] is None
+
+            path.write_text(text.format(ms=33, name="bb"))
+            answer = c.reload()
+            assert answer["reloaded"] is False and answer["error"] == why
+            status = c.status()
+            assert status["policy"]["digest"] == kept["digest"] and status["slo"]["latency_ms"] == 40
+            assert status["policy"]["last_error"] == why
+        refused = [json.loads(line) for line in d.log().splitlines() if '"policy_reload_failed"' in line]
+        assert refused and refused[-1]["error"] == why and refused[-1]["kept"] == str(path)
+    finally:
+        assert d.stop() == 0

@@ -4,16 +4,17 @@ from tests/zoos.py), with an injected clock: no sleeps, deterministic estimates.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from agent.errors import BadInput, NotFound, Overloaded, VariantUnavailable
 from agent.serving.admission import ESTIMATE_PROBE_S, Clock, ServiceEstimate
 from agent.serving.runner import Outcome, Runner
 from agent.values import Config
-from agent.zoo.sessions import SessionSettings, open_zoo
+from agent.zoo.sessions import LoadedVariant, SessionSettings, open_zoo
 from tests.zoos import NOISE, make_zoo
 
 
@@ -94,6 +95,28 @@ def test_a_finished_request_gives_its_place_back_and_times_itself_on_the_injecte
     assert outcome.queue_ms == 0 and outcome.compute_ms == 0  # the clock did not move
     stats = runner.window.stats(fake.mono)
     assert stats["count"] == 1
+
+
+def test_a_batch_is_recorded_as_its_per_image_share(runner: Runner, fake: FakeClock) -> None:
+    """A v2 batch runs in one call; the windows and the estimate see what one image cost, so a
+    batch does not read as a slower device."""
+    per_image_ms = 4.0
+
+    def decode(images: int) -> Callable[[LoadedVariant], np.ndarray]:
+        def prepare(variant: LoadedVariant) -> np.ndarray:
+            fake.advance(images * per_image_ms / 1000)  # decoding takes per_image_ms an image
+            return np.repeat(NOISE[None], images, axis=0)
+
+        return prepare
+
+    config = Config("a", 1.0)
+    for images in (1, 3):
+        outcome = asyncio.run(runner.submit(decode(images)))
+        assert outcome.prediction.probs.shape[0] == images
+        assert outcome.decode_ms == pytest.approx(images * per_image_ms)  # the request's own times stay whole
+    assert list(runner.decode_window.values(fake.mono)) == pytest.approx([per_image_ms, per_image_ms])
+    assert list(runner.window.values(fake.mono)) == pytest.approx([per_image_ms, per_image_ms])
+    assert runner.expected_service_ms(config) == pytest.approx(per_image_ms)
 
 
 def test_an_out_of_service_variant_is_refused_when_its_request_starts(runner: Runner) -> None:

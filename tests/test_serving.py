@@ -26,12 +26,13 @@ from agent.serving.admission import Clock, LatencyWindow, Ticket
 from agent.serving.app import create_app
 from agent.serving.health import VariantHealth
 from agent.serving.metrics import Metrics
-from agent.serving.protocol import AgentProtocol, ConnectionLimits, protocol_class
+from agent.serving.protocol import AgentProtocol, ConnectionLimits, RequestLimit, protocol_class
+from agent.serving.routes.v2 import MAX_BATCH
 from agent.serving.runner import Outcome, Prepare
 from agent.serving.state import AppState
 from agent.settings import Settings
 from agent.values import Config, Pin
-from agent.zoo.manifest import Preprocess
+from agent.zoo.manifest import Preprocess, TensorSpec
 from agent.zoo.sessions import Prediction
 
 SIZE = 8
@@ -39,7 +40,14 @@ CLASSES = ["ok", "scratch", "crack"]
 VARIANT = SimpleNamespace(
     name="full",
     spec=SimpleNamespace(
-        name="full", resolution=SIZE, tokens=16, budgets=(1.0, 0.5), preprocess=Preprocess(), attention_name="attention"
+        name="full",
+        resolution=SIZE,
+        tokens=16,
+        budgets=(1.0, 0.5),
+        preprocess=Preprocess(),
+        attention_name="attention",
+        token_input="token_keep",
+        inputs=[TensorSpec(name="image", dtype="tensor(float)", shape=["batch", 3, SIZE, SIZE])],
     ),
 )
 
@@ -72,10 +80,11 @@ class FakeRunner:
         self.released.append(ticket)
 
     async def run(self, ticket: Ticket, prepare: Prepare) -> Outcome:
-        self.inputs.append(prepare(VARIANT))  # type: ignore[arg-type]
+        x = prepare(VARIANT)  # type: ignore[arg-type]
+        self.inputs.append(x)
         if self.fail is not None:
             raise self.fail
-        probs = np.array([[0.1, 0.7, 0.2]], np.float32)
+        probs = np.repeat(np.array([[0.1, 0.7, 0.2]], np.float32), len(x), axis=0)  # one row an image
         return Outcome(ticket.fixed or self.current, Prediction(probs, None, 1.0, 16), 0.5, 2.0)
 
     def validate(self, config: Config) -> Config:
@@ -249,15 +258,147 @@ def test_v2_binary_tensor_extension(state: AppState, runner: FakeRunner) -> None
     assert runner.admitted[0].fixed is None and float(runner.inputs[0].mean()) == pytest.approx(0.25)
 
 
+def v2_error(response: Any) -> tuple[int, str]:
+    """(status, message) of a v2 error, whose body must be the protocol's `{"error": str}`."""
+    body = response.json()
+    assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"], body
+    return response.status_code, body["error"]
+
+
+def split_binary(answer: Any) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """(JSON part, each binary output's bytes) of a v2 answer with the binary tensor extension."""
+    assert answer.headers["content-type"] == "application/octet-stream"
+    length = int(answer.headers["inference-header-content-length"])
+    head, rest = orjson.loads(answer.content[:length]), answer.content[length:]
+    parts = {}
+    for output in head["outputs"]:
+        size = (output.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            parts[output["name"]], rest = rest[:size], rest[size:]
+    assert rest == b""
+    return head, parts
+
+
 def test_v2_tensor_of_the_wrong_shape_is_422_and_gives_its_place_back(state: AppState, runner: FakeRunner) -> None:
-    answer = client(state).post("/v2/models/full/infer", json=v2_request([1, 3, 4, 4]))
-    assert error(answer) == (422, "invalid_tensor") and "must have shape [1, 3, 8, 8]" in answer.text
+    status, message = v2_error(client(state).post("/v2/models/full/infer", json=v2_request([1, 3, 4, 4])))
+    assert status == 422 and f"must have shape [N, 3, {SIZE}, {SIZE}] (N from 1 to {MAX_BATCH})" in message
     assert runner.released == runner.admitted
 
 
 def test_v2_body_that_is_not_json_is_400_and_an_unknown_model_404(state: AppState) -> None:
-    assert error(client(state).post("/v2/models/full/infer", content=b"{")) == (400, "bad_input")
-    assert error(client(state).post("/v2/models/zzz/infer", json=v2_request([1, 3, SIZE, SIZE]))) == (404, "not_found")
+    assert v2_error(client(state).post("/v2/models/full/infer", content=b"{"))[0] == 400
+    status, message = v2_error(client(state).post("/v2/models/zzz/infer", json=v2_request([1, 3, SIZE, SIZE])))
+    assert status == 404 and message == "model 'zzz' not found; models: edge, full"
+
+
+def test_every_v2_error_is_the_protocols_body_and_other_routes_keep_the_envelope(
+    state: AppState, runner: FakeRunner
+) -> None:
+    app = client(state)
+    assert v2_error(app.get("/v2/models/zzz"))[0] == 404
+    assert v2_error(app.get("/v2/models/full/versions/2")) == (404, "model 'full' has no version '2'; versions: 1")
+    assert v2_error(app.get("/v2/models/full/nothing"))[0] == 404  # no such route under /v2
+    assert v2_error(app.get("/v2/models/full/infer"))[0] == 405
+    runner.refuse = Overloaded("queue full (3 requests admitted)", retry_after_s=0.2)
+    refused = app.post("/v2/models/full/infer", json=v2_request([1, 3, SIZE, SIZE]))
+    assert v2_error(refused) == (503, "queue full (3 requests admitted)") and refused.headers["Retry-After"] == "1"
+    runner.refuse, runner.fail = None, RuntimeError("boom")
+    assert v2_error(app.post("/v2/models/full/infer", json=v2_request([1, 3, SIZE, SIZE])))[0] == 500
+    assert error(app.get("/v2x")) == (404, "not_found")  # not a v2 route: the envelope
+    assert error(app.get("/v1/nothing")) == (404, "not_found")
+
+
+def test_requests_past_the_limit_get_the_error_body_of_their_route(state: AppState) -> None:
+    refused: list[int] = []
+    limited = Client(RequestLimit(create_app(state), 0, lambda: refused.append(1)))
+    v2 = limited.get("/v2/health/live")
+    assert v2_error(v2) == (503, "0 requests in progress; try again shortly") and v2.headers["Retry-After"] == "1"
+    assert error(limited.get("/v1/status")) == (503, "overloaded") and len(refused) == 2
+
+
+def test_v2_outputs_asked_as_binary_follow_the_json_in_the_order_listed(state: AppState) -> None:
+    app = client(state)
+    body = {
+        **v2_request([1, 3, SIZE, SIZE]),
+        "outputs": [{"name": "label", "parameters": {"binary_data": True}}, {"name": "probabilities"}],
+    }
+    head, parts = split_binary(app.post("/v2/models/full/infer", json=body))
+    label, probs = head["outputs"]
+    assert label["name"] == "label" and "data" not in label
+    assert parts["label"] == len(b"scratch").to_bytes(4, "little") + b"scratch"  # BYTES: length, then UTF-8
+    assert probs["name"] == "probabilities" and probs["data"] == pytest.approx([0.1, 0.7, 0.2])
+    # binary_data_output asks it of every output; an output's own binary_data overrides it.
+    everything = {**v2_request([1, 3, SIZE, SIZE]), "parameters": {"binary_data_output": True}}
+    head, parts = split_binary(app.post("/v2/models/full/infer", json=everything))
+    assert [o["name"] for o in head["outputs"]] == ["probabilities", "label"]
+    assert np.frombuffer(parts["probabilities"], "<f4").tolist() == pytest.approx([0.1, 0.7, 0.2])
+    override = {**everything, "outputs": [{"name": "probabilities", "parameters": {"binary_data": False}}]}
+    plain = app.post("/v2/models/full/infer", json=override)
+    assert (
+        plain.headers["content-type"] == "application/json" and "inference-header-content-length" not in plain.headers
+    )
+    assert [o["name"] for o in plain.json()["outputs"]] == ["probabilities"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"outputs": [{"name": "logits"}]}, "outputs.0.name: 'logits' is not an output of this model"),
+        ({"outputs": [{"name": "label"}, {"name": "label"}]}, "outputs.1.name: output 'label' is asked for twice"),
+        ({"outputs": [{"name": "label", "parameters": {"binary_data": "yes"}}]}, "binary_data: must be true or false"),
+        ({"outputs": [{"name": "label", "parameters": {"classification": 3}}]}, "classification extension"),
+        ({"parameters": {"binary_data_output": 1}}, "parameters.binary_data_output: must be true or false"),
+    ],
+    ids=["unknown", "twice", "flag-not-bool", "classification", "request-flag-not-bool"],
+)
+def test_v2_outputs_that_cannot_be_given_are_refused_before_admission(
+    state: AppState, runner: FakeRunner, extra: dict[str, Any], expected: str
+) -> None:
+    status, message = v2_error(
+        client(state).post("/v2/models/full/infer", json={**v2_request([1, 3, SIZE, SIZE]), **extra})
+    )
+    assert status == 422 and expected in message and runner.admitted == []
+
+
+def test_v2_input_must_be_the_one_the_metadata_names(state: AppState, runner: FakeRunner) -> None:
+    body = v2_request([1, 3, SIZE, SIZE])
+    body["inputs"][0]["name"] = "input0"
+    status, message = v2_error(client(state).post("/v2/models/full/infer", json=body))
+    assert status == 422 and "this model takes one input, 'image'; got ['input0']" in message
+
+
+def test_v2_a_batch_runs_through_the_model_in_one_call(state: AppState, runner: FakeRunner) -> None:
+    answer = client(state).post("/v2/models/full/infer", json=v2_request([2, 3, SIZE, SIZE]))
+    assert answer.status_code == 200, answer.text
+    assert [x.shape for x in runner.inputs] == [(2, 3, SIZE, SIZE)]
+    outputs = {o["name"]: o for o in answer.json()["outputs"]}
+    assert outputs["probabilities"]["shape"] == [2, len(CLASSES)] and outputs["label"]["data"] == ["scratch"] * 2
+    frames = np.zeros((3, 5, 7, 3), np.uint8)  # UINT8 frames of any size, resized like images
+    body = {
+        "inputs": [{"name": "image", "datatype": "UINT8", "shape": list(frames.shape), "data": frames.ravel().tolist()}]
+    }
+    assert client(state).post("/v2/models/edge/infer", json=body).status_code == 200
+    assert runner.inputs[-1].shape == (3, 3, SIZE, SIZE)
+    too_many = v2_request([MAX_BATCH + 1, 3, SIZE, SIZE], [0.5])
+    assert v2_error(client(state).post("/v2/models/full/infer", json=too_many))[0] == 422
+
+
+def test_v2_metadata_declares_the_batch_the_model_takes_and_the_input_it_expects(
+    state: AppState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    meta = client(state).get("/v2/models/full").json()
+    assert meta["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 3, SIZE, SIZE]}]
+    params = meta["parameters"]
+    assert (params["input_min"], params["input_max"], params["input_layout"]) == (0.0, 1.0, "NCHW")
+    assert params["max_batch_size"] == MAX_BATCH and params["classes"] == ",".join(CLASSES)
+    assert all(isinstance(v, str | int | float | bool) for v in params.values())  # the protocol's $parameter
+    assert client(state).get("/v2/models/full/versions/1").json() == meta
+    # A model exported with a fixed batch of 1 says so, and a batch of 2 is refused, not failed.
+    fixed = [TensorSpec(name="image", dtype="tensor(float)", shape=[1, 3, SIZE, SIZE])]
+    monkeypatch.setattr(VARIANT.spec, "inputs", fixed)
+    assert client(state).get("/v2/models/edge").json()["inputs"][0]["shape"] == [1, 3, SIZE, SIZE]
+    status, message = v2_error(client(state).post("/v2/models/edge/infer", json=v2_request([2, 3, SIZE, SIZE])))
+    assert status == 422 and f"must have shape [1, 3, {SIZE}, {SIZE}], got [2, 3, {SIZE}, {SIZE}]" in message
 
 
 def test_a_bad_pin_body_is_invalid_request_and_a_good_one_pins(state: AppState) -> None:

@@ -25,16 +25,19 @@ import pytest
 
 from agent.cli.systemd_units import (
     CONFIG_FILE,
+    POLICY_FILE,
     SERVICE,
     SOCKET,
     SYSUSERS,
+    UNIT_FILES,
     UNIT_SOCKET_PATH,
+    enable_links,
     entry_point,
     exec_word,
     hidden_by_sandbox,
     unit_file,
 )
-from agent.paths import SOCKET_NAME
+from agent.paths import POLICY_NAME, SOCKET_NAME, default_policy_path, unit_templates_dir
 from tests.sandbox import ANALYZE, LIBSECCOMP, directives, sandbox_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -111,6 +114,7 @@ def test_install_writes_units_whose_exec_start_is_this_venvs_entry_point(
     for name in (SERVICE, SOCKET, SYSUSERS):
         assert (prefix / unit_file(name).target).is_file(), name
     assert (prefix / CONFIG_FILE).is_file()
+    assert (prefix / POLICY_FILE).read_text() == default_policy_path().read_text()
     command = shlex.split(one(service_text, "ExecStart"))
     assert command[0] == str(entry)
     assert command[1:] == ["serve", "--config", "%E/edge-agent/config.yaml"]
@@ -126,15 +130,43 @@ def test_install_with_enable_links_the_units_like_systemctl_enable(prefix: Path)
 
 
 @pytest.mark.daemon
-def test_install_never_overwrites_an_existing_config(tmp_path: Path, entry: Path) -> None:
-    config = tmp_path / CONFIG_FILE
-    config.parent.mkdir(parents=True)
-    config.write_text("log_level: debug\n")
+def test_install_never_overwrites_an_edited_config_or_policy(tmp_path: Path, entry: Path) -> None:
+    edited = {tmp_path / CONFIG_FILE: "log_level: debug\n", tmp_path / POLICY_FILE: "version: 1\n# mine\n"}
+    for path, text in edited.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
     result = run_cli(entry, "systemd", "install", "--prefix", str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert config.read_text() == "log_level: debug\n"
-    assert "kept" in result.stdout and "no systemd-sysusers or systemctl was run" in result.stdout
+    for path, text in edited.items():
+        assert path.read_text() == text
+        assert f"kept {path} (edited; never overwritten)" in result.stdout
+    assert "no systemd-sysusers or systemctl was run" in result.stdout
     assert not (tmp_path / "etc/systemd/system/multi-user.target.wants").exists()
+
+
+@pytest.mark.daemon
+def test_a_rerun_that_changes_nothing_says_unchanged_for_every_file(tmp_path: Path, entry: Path) -> None:
+    first = run_cli(entry, "systemd", "install", "--prefix", str(tmp_path), "--enable")
+    assert first.returncode == 0, first.stdout + first.stderr
+    again = run_cli(entry, "systemd", "install", "--prefix", str(tmp_path), "--enable")
+    assert again.returncode == 0, again.stdout + again.stderr
+    verbs = ("wrote ", "updated ", "unchanged ", "kept ", "linked ")
+    written = [line for line in first.stdout.splitlines() if line.startswith(("wrote ", "linked "))]
+    reported = [line for line in again.stdout.splitlines() if line.startswith(verbs)]
+    assert len(written) == len(UNIT_FILES) + 2 + len(enable_links()), first.stdout  # + config, policy
+    assert len(reported) == len(written) and all(line.startswith("unchanged ") for line in reported), again.stdout
+    # A template that changed is reported as such.
+    service = tmp_path / unit_file(SERVICE).target
+    service.write_text(service.read_text() + "# drift\n")
+    third = run_cli(entry, "systemd", "install", "--prefix", str(tmp_path))
+    assert f"updated {service}" in third.stdout, third.stdout
+
+
+def test_sysusers_comment_names_the_path_install_writes_it_to() -> None:
+    template = (unit_templates_dir() / SYSUSERS).read_text()
+    comments = "\n".join(line for line in template.splitlines() if line.startswith("#"))
+    assert f"writes it to /{unit_file(SYSUSERS).target}" in comments, comments
+    assert "Installed to /usr/lib/sysusers.d" not in comments
 
 
 @pytest.mark.daemon
@@ -263,21 +295,24 @@ def test_verify_check_catches_a_misspelled_directive(service_text: str, socket_t
     assert any("WatchdogSecs" in line for line in problems), (status, problems)
 
 
-@pytest.mark.daemon
-@needs_analyze
-def test_service_exposure_is_at_most_1(prefix: Path) -> None:
+def security_exposure(service: Path) -> tuple[float, str]:
+    """`systemd-analyze security --offline=true` of an installed service file: the overall
+    exposure (0 best, 10 worst) and the full report, to show when it is too high."""
     assert ANALYZE is not None
     result = subprocess.run(
-        [ANALYZE, "security", "--offline=true", str(prefix / unit_file(SERVICE).target)],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [ANALYZE, "security", "--offline=true", str(service)], capture_output=True, text=True, timeout=120
     )
     match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", result.stdout)
     assert match, result.stdout + result.stderr
-    exposure = float(match.group(1))
+    return float(match.group(1)), result.stdout
+
+
+@pytest.mark.daemon
+@needs_analyze
+def test_service_exposure_is_at_most_1(prefix: Path) -> None:
+    exposure, report = security_exposure(prefix / unit_file(SERVICE).target)
     print(f"systemd-analyze security: overall exposure {exposure}")
-    assert exposure <= 1.0, result.stdout
+    assert exposure <= 1.0, report
 
 
 # -- the daemon under the unit's seccomp sandbox ---------------------------------------------------
@@ -371,6 +406,11 @@ def test_daemon_serves_under_the_units_seccomp_sandbox(
     spec.write_text(json.dumps(sandbox_spec(service_text)))
     runtime, log = short_dir / "run", tmp_path / "daemon.log"
     runtime.mkdir()
+    # The service's policy ($CONFIGURATION_DIRECTORY/policy.yaml), here one for the tiny zoo:
+    # the shipped default names variants that zoo lacks.
+    config_dir = tmp_path / "etc-edge-agent"
+    config_dir.mkdir()
+    (config_dir / POLICY_NAME).write_text("version: 1\nslo:\n  latency_ms: 1000\n")
     sock_path = runtime / SOCKET_NAME
     notify = Notifications(short_dir / "notify")
     exec_start = shlex.split(one(service_text, "ExecStart").replace("%E", str(prefix / "etc")))
@@ -380,6 +420,7 @@ def test_daemon_serves_under_the_units_seccomp_sandbox(
         unit_env,
         RUNTIME_DIRECTORY=str(runtime),
         STATE_DIRECTORY=str(tmp_path / "state"),
+        CONFIGURATION_DIRECTORY=str(config_dir),
         NOTIFY_SOCKET=str(short_dir / "notify"),
         WATCHDOG_USEC="1000000",
         EDGE_AGENT_ZOO=str(tiny_zoo),
@@ -410,6 +451,9 @@ def test_daemon_serves_under_the_units_seccomp_sandbox(
         with Client(sock_path) as client:
             answer = client.classify(np.full((3, 8, 8), 0.5, dtype=np.float32))
         assert answer["label"] in ("a", "b") and answer["variant"] == "tiny"
+        with Client(sock_path) as client:
+            policy = client.status()["policy"]
+        assert (policy["source"], policy["last_error"]) == (str(config_dir / POLICY_NAME), None)
         notify.expect("WATCHDOG=1", proc, log, timeout=10)
         proc.send_signal(signal.SIGHUP)
         notify.expect("RELOADING=1", proc, log, timeout=30)

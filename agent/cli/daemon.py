@@ -4,39 +4,63 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from agent.cli.status_view import render_status, span
 from agent.client import Client, ClientError, DaemonUnreachable
+from agent.paths import locate_socket
 
 console = Console()
+errors = Console(stderr=True, soft_wrap=True, highlight=False)  # paths stay whole, one line
+T = TypeVar("T")
+
+#: --socket of every command that talks to a daemon; `agent.paths.locate_socket` is the rule.
 SocketOpt = Annotated[
-    Path | None, typer.Option("--socket", help="Daemon socket (default: ./run/edge-agent.sock or $RUNTIME_DIRECTORY)")
+    Path | None,
+    typer.Option(
+        "--socket",
+        help="Daemon socket (default: $EDGE_AGENT_SOCKET, else the service's /run/edge-agent/edge-agent.sock "
+        "if it exists, else ./run/edge-agent.sock)",
+    ),
 ]
 
 
-def _client(socket: Path | None) -> Client:
-    return Client(socket)
+def client(socket: Path | None, timeout: float = 30.0) -> Client:
+    """A client on the socket the discovery rule finds, so its errors say which and why."""
+    return Client(locate_socket(socket), timeout=timeout)
 
 
-def _run(fn):  # type: ignore[no-untyped-def]
+def call(fn: Callable[[], T]) -> T:
+    """Run one request; an error answer or an unreachable daemon is one red line and exit 1."""
     try:
         return fn()
     except ClientError as exc:
-        console.print(f"[red]error {exc.status} {exc.code}:[/red] {exc.message}")
+        errors.print(f"[red]error {exc.status} {exc.code}:[/red] {escape(exc.message)}")
         raise typer.Exit(1) from None
-    except DaemonUnreachable as exc:  # say what to do
-        console.print(f"[red]cannot reach the daemon:[/red] {exc}. Is `edge-agent serve` running on this socket?")
+    except DaemonUnreachable as exc:  # the message names the socket, how it was chosen and what to do
+        errors.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
 
 
 def serve(
-    socket: SocketOpt = None,
+    socket: Annotated[
+        Path | None,
+        typer.Option(
+            "--socket",
+            help="Socket to listen on (default: the `socket` setting: $EDGE_AGENT_SOCKET, "
+            "$RUNTIME_DIRECTORY/edge-agent.sock under systemd, else ./run/edge-agent.sock)",
+        ),
+    ] = None,
     zoo: Annotated[Path | None, typer.Option(help="Zoo folder (default: the shipped model_zoo)")] = None,
     policy: Annotated[Path | None, typer.Option(help="Policy file (YAML)")] = None,
     config: Annotated[Path | None, typer.Option(help="Daemon settings (YAML); EDGE_AGENT_* env wins over it")] = None,
@@ -55,8 +79,8 @@ def classify(
     explain: Annotated[bool, typer.Option(help="Include the attention map")] = False,
 ) -> None:
     """Classify images through the daemon."""
-    with _client(socket) as client:
-        answers = [(p, _run(lambda p=p: client.classify(p, deadline_ms=deadline_ms, explain=explain))) for p in images]
+    with client(socket) as c:
+        answers = [(p, call(partial(c.classify, p, deadline_ms=deadline_ms, explain=explain))) for p in images]
     if as_json:
         typer.echo(json.dumps([{"image": str(p), **a} for p, a in answers], indent=2))
         return
@@ -75,48 +99,21 @@ def classify(
     console.print(table)
 
 
-def status(socket: SocketOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """The daemon's configuration and why, latency window, queue, variants."""
-    with _client(socket) as client:
-        st = _run(client.status)
+def status(
+    socket: SocketOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the daemon's `GET /v1/status` answer as it is (JSON), for scripts")
+    ] = False,
+) -> None:
+    """The daemon at a glance: configuration and why, SLO and attainment, telemetry, policy,
+    variants and their health, recent switches."""
+    with client(socket) as c:
+        st = call(c.status)
+        where = str(c.where)
     if as_json:
         typer.echo(json.dumps(st, indent=2))
         return
-    cfg = st["config"]
-    table = Table(show_header=False, title=f"edge-agent {st['version']} - {'ready' if st['ready'] else 'not ready'}")
-    table.add_column("key", style="bold")
-    table.add_column("value")
-    since = datetime.fromtimestamp(cfg["since"]).strftime("%H:%M:%S")
-    table.add_row("configuration", f"{cfg['current']} since {since}")
-    table.add_row("why", cfg["reason"])
-    if cfg.get("pinned"):
-        until = datetime.fromtimestamp(cfg["pinned"]["until"]).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row("pinned", f"{cfg['pinned']['config']} until {until} ({cfg['pinned']['reason']})")
-    w = st["window"]
-    table.add_row(
-        "latency window",
-        f"{w['count']} requests in {w['span_s']:g} s: p50 {w['p50_ms']} ms, p95 {w['p95_ms']} ms, p99 {w['p99_ms']} ms",
-    )
-    q = st["queue"]
-    table.add_row(
-        "queue", f"{q['inflight']} in flight of {q['capacity']} ({q['workers']} workers x {q['ort_threads']} threads)"
-    )
-    table.add_row("variants", ", ".join(st["variants"]))
-    for name, why in st["failed_variants"].items():
-        table.add_row(f"[red]failed {name}[/red]", why)
-    for key in ("slo", "policy", "telemetry"):
-        if key in st:
-            table.add_row(key, json.dumps(st[key]))
-    table.add_row("uptime", f"{st['uptime_s']:.0f} s")
-    table.add_row("last error", st["last_error"] or "-")
-    console.print(table)
-    if st["decisions"]:
-        dec = Table(title="recent decisions")
-        for col in ("time", "from", "to", "reason"):
-            dec.add_column(col)
-        for d in st["decisions"][-10:]:
-            dec.add_row(datetime.fromtimestamp(d["at"]).strftime("%H:%M:%S"), d["old"], d["new"], d["reason"])
-        console.print(dec)
+    console.print(render_status(st, time.time(), where))
 
 
 def parse_duration(text: str) -> float:
@@ -135,16 +132,16 @@ def pin(
 ) -> None:
     """Pin a configuration for maintenance (admin)."""
     seconds = parse_duration(duration)
-    with _client(socket) as client:
-        answer = _run(lambda: client.pin(config, seconds, reason))
+    with client(socket) as c:
+        answer = call(lambda: c.pin(config, seconds, reason))
     until = datetime.fromtimestamp(answer["until"]).strftime("%Y-%m-%d %H:%M:%S")
-    console.print(f"pinned {answer['config']} until {until}")
+    console.print(f"pinned {answer['config']} for {span(answer['until'] - time.time())}, until {until}")
 
 
 def unpin(socket: SocketOpt = None) -> None:
     """Remove the pin (admin)."""
-    with _client(socket) as client:
-        answer = _run(client.unpin)
+    with client(socket) as c:
+        answer = call(c.unpin)
     console.print("unpinned" if answer["unpinned"] else "nothing was pinned")
 
 
@@ -153,4 +150,4 @@ def register(app: typer.Typer) -> None:
         app.command()(fn)
 
 
-__all__ = ["register"]
+__all__ = ["SocketOpt", "call", "client", "register"]

@@ -27,6 +27,8 @@ def running_daemon(
             **os.environ,
             "NOTIFY_SOCKET": str(notify_path),
             "STATE_DIRECTORY": f"{tmp}/state",
+            # An operator's EDGE_AGENT_STATE_DIR (meant for the gateway's daemon) would win over it.
+            "EDGE_AGENT_STATE_DIR": f"{tmp}/state",
             "EDGE_AGENT_LOG_JSON": "true",
             **(env or {}),
         }

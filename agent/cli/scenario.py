@@ -266,12 +266,25 @@ class Reaction:
     later: tuple[tuple[float, float], ...] = ()
 
     def __str__(self) -> str:
-        head = "never" if self.seconds is None else f"{self.seconds:g}"
-        return head + "".join(f" (over again {a:g}-{b:g})" for a, b in self.later)
+        """In words, for a reader who has not seen this docstring."""
+        if self.seconds is None:
+            head = "still over the SLO at the phase's end"
+        elif self.seconds == 0:
+            head = "not over the SLO right after the step"
+        else:
+            head = f"back under the SLO {self.seconds:g} s after the step"
+        if not self.later:
+            return head
+        spans = ", ".join(f"{a:g}" if a == b else f"{a:g}-{b:g}" for a, b in self.later)
+        return f"{head}; over it later at {spans} s into the phase"
+
+
+#: Requests the rolling p95 of `reaction_times` is taken over.
+REACTION_WINDOW = 20
 
 
 def reaction_times(
-    records: list[Record], slo_ms: float, phase_s: float, phases: int, window: int = 20
+    records: list[Record], slo_ms: float, phase_s: float, phases: int, window: int = REACTION_WINDOW
 ) -> list[Reaction]:
     """Per phase step, the rolling p95 over the phase's last `window` requests (refusals as
     misses), evaluated at each request. Over fewer than 20 requests a p95 is close to the

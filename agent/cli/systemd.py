@@ -1,9 +1,11 @@
-"""`edge-agent systemd ...`: render and install the service, the socket and the system user."""
+"""`edge-agent systemd ...`: render and install the service, the socket, the system user, the
+config and the policy: everything from the package itself, so a plain (non-editable) install works."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ from rich.markup import escape
 
 from agent.cli.systemd_units import (
     CONFIG_FILE,
+    POLICY_FILE,
     SERVICE,
     SOCKET,
     SYSUSERS,
@@ -29,18 +32,23 @@ from agent.cli.systemd_units import (
     unit_file,
 )
 from agent.errors import AgentError
+from agent.paths import default_policy_path, unit_templates_dir
 
-app = typer.Typer(help="systemd units: render and install the service, socket and system user.", no_args_is_help=True)
+app = typer.Typer(
+    help="systemd units: render and install the service, socket, system user, config and policy.", no_args_is_help=True
+)
 console = Console(soft_wrap=True, highlight=False)
 
 TemplatesOpt = Annotated[
     Path | None,
     typer.Option(
         "--templates",
-        help="Folder with the unit templates (default: systemd/ of this checkout or share/edge-agent/systemd of the venv)",
+        help="Folder with your own unit templates (default: the templates shipped in the package)",
     ),
 ]
 ROOT = Path("/")
+#: Installed files are root's and readable by all: the service reads them as user edge-agent.
+FILE_MODE = 0o644
 
 
 def _fail(message: str) -> NoReturn:
@@ -48,21 +56,14 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
-def _template_dirs() -> list[Path]:
-    """A checkout or editable install keeps systemd/ next to the package; a wheel may ship it
-    as data files under the venv's share/."""
-    package_root = Path(__file__).resolve().parents[2]
-    return [package_root / "systemd", Path(sys.prefix) / "share" / "edge-agent" / "systemd"]
-
-
 def _templates(explicit: Path | None) -> Path:
-    candidates = [explicit] if explicit else _template_dirs()
-    for folder in candidates:
-        if all((folder / unit.template).is_file() for unit in UNIT_FILES):
-            return folder
-    _fail(
-        f"no unit templates in {', '.join(map(str, candidates))}; pass --templates DIR (the systemd/ folder of the source)"
-    )
+    """The templates to render: the package's own (any install, editable or not), or a folder
+    the operator names."""
+    folder = explicit or unit_templates_dir()
+    missing = [unit.template for unit in UNIT_FILES if not (folder / unit.template).is_file()]
+    if missing:
+        _fail(f"no unit template {', '.join(missing)} in {folder}")
+    return folder
 
 
 def _executable() -> Path:
@@ -80,49 +81,74 @@ def _config_text() -> str:
     from agent.paths import default_zoo_dir
     from agent.settings import Settings
 
-    return render_config(Settings.model_fields, {"socket": str(UNIT_SOCKET_PATH), "zoo": str(default_zoo_dir())})
+    computed = {"socket": str(UNIT_SOCKET_PATH), "zoo": str(default_zoo_dir()), "policy": str(ROOT / POLICY_FILE)}
+    return render_config(Settings.model_fields, computed)
 
 
 @app.command("render")
 def render_unit(
-    unit: Annotated[str, typer.Argument(help="service, socket, sysusers or config")] = "service",
+    unit: Annotated[str, typer.Argument(help="service, socket, sysusers, config or policy")] = "service",
     templates: TemplatesOpt = None,
 ) -> None:
-    """Print a rendered file to stdout (default: the service unit, ExecStart= set to this venv)."""
+    """Print a file `install` writes to stdout (default: the service unit, ExecStart= set to this venv)."""
     if unit == "config":
         typer.echo(_config_text(), nl=False)
+        return
+    if unit == "policy":
+        typer.echo(_policy_text(), nl=False)
         return
     try:
         chosen = unit_file(f"edge-agent.{unit}")
     except KeyError:
-        _fail(f"unknown file {unit!r}; choose service, socket, sysusers or config")
+        _fail(f"unknown file {unit!r}; choose service, socket, sysusers, config or policy")
     typer.echo(_rendered(chosen, _templates(templates)), nl=False)
 
 
-def _write(path: Path, text: str) -> None:
-    existed = path.exists()
+def _policy_text() -> str:
+    return default_policy_path().read_text(encoding="utf-8")
+
+
+def _current(path: Path) -> tuple[bytes, int] | None:
+    """The content and permission bits of `path`, or None if there is no such file."""
+    try:
+        return path.read_bytes(), stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return None
+
+
+def _write(path: Path, text: str, *, operator_owned: bool = False) -> None:
+    """Write `path` atomically and say what happened, so that a rerun reads "unchanged" where
+    nothing changed. A file the operator owns (the config, the policy) is written only if
+    absent: an edit there is never overwritten."""
+    current = _current(path)
+    if current is not None and current[0] == text.encode("utf-8") and (operator_owned or current[1] == FILE_MODE):
+        console.print(f"unchanged {path}", markup=False)
+        return
+    if current is not None and operator_owned:
+        console.print(f"kept {path} (edited; never overwritten)", markup=False)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
-    tmp.chmod(0o644)
+    tmp.chmod(FILE_MODE)
     tmp.replace(path)
-    console.print(f"{'updated' if existed else 'wrote'} {path}", markup=False)
+    console.print(f"{'updated' if current is not None else 'wrote'} {path}", markup=False)
 
 
 def _write_files(prefix: Path, templates: Path) -> None:
     for unit in UNIT_FILES:
         _write(prefix / unit.target, _rendered(unit, templates))
-    config = prefix / CONFIG_FILE
-    if config.exists():
-        console.print(f"kept {config} (never overwritten)", markup=False)
-    else:
-        _write(config, _config_text())
+    _write(prefix / CONFIG_FILE, _config_text(), operator_owned=True)
+    _write(prefix / POLICY_FILE, _policy_text(), operator_owned=True)
 
 
 def _link(prefix: Path) -> None:
     """The symlinks `systemctl enable` would make, for a prefix no systemd manages yet."""
     for link, target in enable_links():
         path = prefix / link
+        if path.is_symlink() and os.readlink(path) == str(target):
+            console.print(f"unchanged {path} -> {target}", markup=False)
+            continue
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_symlink() or path.exists():
             path.unlink()
@@ -161,6 +187,10 @@ def _next_steps(prefix: Path, enable: bool) -> None:
         console.print(f"files only (prefix {prefix}): no systemd-sysusers or systemctl was run", markup=False)
     if not enable:
         console.print(f"next: systemctl enable --now {SOCKET} {SERVICE}   (or only one of them; see docs/install.md)")
+    console.print(
+        f"policy: {ROOT / POLICY_FILE}   (check an edit with `edge-agent policy validate`; the daemon reloads it when saved)",
+        markup=False,
+    )
     console.print("clients: usermod -aG edge-agent USER   (members of group edge-agent may use the socket)")
 
 
@@ -172,7 +202,8 @@ def install(
     ] = False,
     templates: TemplatesOpt = None,
 ) -> None:
-    """Install the units, the system user and a default config (kept if present)."""
+    """Install the units, the system user, a default config and the default policy (an existing
+    config or policy is kept)."""
     prefix = Path(os.path.abspath(prefix))
     executable = _executable()
     if not os.access(executable, os.X_OK):

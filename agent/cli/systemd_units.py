@@ -1,6 +1,7 @@
-"""The systemd units for this installation: the templates in `systemd/` with ExecStart= set to
-this venv's `edge-agent`, where `edge-agent systemd install` puts each file, and the commented
-default config file. Pure functions of their arguments; reading and writing files is the CLI's job."""
+"""The systemd units for this installation: the shipped templates (`agent/shipped/systemd`, a
+copy of `systemd/`) with ExecStart= set to this venv's `edge-agent`, where `edge-agent systemd
+install` puts each file, and the commented default config file. Pure functions of their
+arguments; reading and writing files is the CLI's job."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 import yaml
 
 from agent.errors import AgentError
-from agent.paths import SOCKET_NAME
+from agent.paths import POLICY_NAME, SOCKET_NAME
 from agent.settings import LIVE_SETTINGS
 
 EXEC_PLACEHOLDER = "@EXEC@"
@@ -27,6 +28,8 @@ SYSUSERS = "edge-agent.sysusers"
 UNIT_SOCKET_PATH = PurePosixPath("/run/edge-agent") / SOCKET_NAME
 #: Where the service unit's ExecStart= (`--config %E/edge-agent/config.yaml`) looks, below the prefix.
 CONFIG_FILE = PurePosixPath("etc/edge-agent/config.yaml")
+#: The daemon's policy under the unit: $CONFIGURATION_DIRECTORY/policy.yaml (ConfigurationDirectory=edge-agent).
+POLICY_FILE = CONFIG_FILE.parent / POLICY_NAME
 #: What the hardening makes invisible to the service: a venv below one of these cannot be started.
 HIDDEN_BY_SANDBOX = {
     "/home": "ProtectHome=yes",
@@ -39,7 +42,7 @@ HIDDEN_BY_SANDBOX = {
 
 @dataclass(frozen=True)
 class UnitFile:
-    """One installed file: its template in `systemd/` and its path below the install prefix."""
+    """One installed file: its template's name and its path below the install prefix."""
 
     template: str
     target: PurePosixPath
@@ -60,6 +63,7 @@ _UNIT_NOTES = {
     "socket": "Under systemd: /run/edge-agent/edge-agent.sock; with edge-agent.socket, its ListenStream= decides.",
     "state_dir": "Under systemd: /var/lib/edge-agent (StateDirectory=), the only persistent place it may write.",
     "zoo": "Default: the model_zoo installed with the package. Must be readable by user edge-agent.",
+    "policy": "Under systemd: $CONFIGURATION_DIRECTORY/policy.yaml, which the installer writes (never overwriting it).",
     "drain_timeout_s": "Keep below the unit's TimeoutStopSec=30s, or raise that in a drop-in too.",
 }
 

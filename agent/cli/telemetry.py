@@ -14,7 +14,7 @@ from rich.table import Table
 
 from agent.client import Client, ClientError, DaemonUnreachable
 from agent.daemon.logs import configure_logging
-from agent.paths import default_socket
+from agent.paths import locate_socket
 from agent.telemetry.formats import observed_from_status, trace_line
 from agent.telemetry.psutil_reader import PsutilSource
 
@@ -81,7 +81,10 @@ def record(
     out: Annotated[Path, typer.Option("--out", help="The JSONL trace to write (replaced).")],
     seconds: Annotated[float, typer.Option("--seconds", min=0, help="How long to record.")] = 60.0,
     interval: Annotated[float, typer.Option("--interval", min=0.05, help="Seconds between lines.")] = 1.0,
-    socket: Annotated[Path | None, typer.Option("--socket", help="Daemon socket, for observed latencies.")] = None,
+    socket: Annotated[
+        Path | None,
+        typer.Option("--socket", help="Daemon socket, for observed latencies (found as for `edge-agent status`)."),
+    ] = None,
     sysfs_root: SysfsOpt = Path("/sys"),
 ) -> None:
     """Record a trace: one JSONL line per interval, with the daemon's latencies if it runs.
@@ -89,7 +92,7 @@ def record(
     Each line holds the snapshot and, when a daemon answers on the socket, its configuration
     and latency window as `observed`; `telemetry_source: trace` replays the file."""
     configure_logging("warning")
-    socket = socket or default_socket()
+    where = locate_socket(socket)
     lines = max(1, int(seconds / interval + 1e-9))
     source = PsutilSource(sysfs_root)
     start = time.monotonic()
@@ -98,7 +101,7 @@ def record(
     try:
         with (
             out.open("w", encoding="utf-8") as f,
-            Client(socket, timeout=min(2.0, interval)) as client,
+            Client(where, timeout=min(2.0, interval)) as client,
             Progress(*columns, TimeRemainingColumn(), console=progress_console) as progress,
         ):
             task = progress.add_task("record", total=lines)
@@ -110,7 +113,7 @@ def record(
                 if (observed is not None) != daemon_up:
                     daemon_up = observed is not None
                     what = "recording its latencies" if daemon_up else "recording telemetry only"
-                    progress.console.print(f"{'daemon' if daemon_up else 'no daemon'} on {socket}: {what}")
+                    progress.console.print(f"{'daemon' if daemon_up else 'no daemon'} on {where}: {what}")
                 f.write(trace_line(snapshot, observed) + "\n")
                 f.flush()  # an interrupted recording is still a valid trace
                 written += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -13,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from agent.errors import ZooError
-from agent.paths import default_zoo_dir, device_profile_path
+from agent.paths import DEVICE_PROFILE_NAME, SITE_ACCURACY_NAME, Located, default_zoo_dir, locate_state_dir
 from agent.values import BUDGETS
 from agent.zoo.manifest import MANIFEST_NAME, DeviceProfile, ProfiledVariant, load_manifest
 from agent.zoo.stats import format_p
@@ -27,6 +28,14 @@ app = typer.Typer(help="The model zoo: variants, manifest, build and profile.", 
 console = Console(width=max(Console().width, 130))
 
 ZooOpt = Annotated[Path, typer.Option("--zoo", help="Zoo folder (with manifest.json).")]
+StateDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        help="The daemon's state directory (default: $EDGE_AGENT_STATE_DIR, $STATE_DIRECTORY, else the "
+        "service's /var/lib/edge-agent if it exists, else ./state)",
+    ),
+]
 
 
 def _fail(message: str) -> None:
@@ -122,7 +131,7 @@ def evaluate(
             "--save", help="With --data: keep the table as this gateway's site table (policy `accuracy: site`)"
         ),
     ] = False,
-    state_dir: Annotated[Path | None, typer.Option(help="Where --save writes (default: the daemon's)")] = None,
+    state_dir: StateDirOpt = None,
     split: Annotated[str, typer.Option(help="Without --data: the synthetic split, test or shifted")] = "test",
     count: Annotated[int, typer.Option(help="Without --data: images of the split to use")] = 1000,
     seed: Annotated[int, typer.Option(help="Data seed (the zoo's build seed by default)")] = -1,
@@ -136,6 +145,9 @@ def evaluate(
 
     if save and data is None:
         _fail("--save needs --data: the site table is measured on your own images")
+    site_file = _in_state_dir(state_dir, SITE_ACCURACY_NAME) if save else None
+    if site_file is not None:
+        _check_writable(site_file)
     try:
         loaded = open_zoo(zoo, SessionSettings(intra_threads=2))
     except ZooError as exc:
@@ -189,16 +201,48 @@ def evaluate(
             row.append(f"{hits.mean():.1%}")
         table.add_row(name, *row)
     console.print(table)
-    if save and data is not None:
-        from agent.paths import SITE_ACCURACY_NAME
-        from agent.paths import state_dir as default_state_dir
+    if site_file is not None and data is not None:
+        out = _write_state(site_file, site_table_file(str(data.resolve()), classes, points))
+        console.print(f"wrote {escape(out)}; a daemon whose policy says `accuracy: site` ranks by it from now on")
 
-        out = (state_dir or default_state_dir()) / SITE_ACCURACY_NAME
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(site_table_file(str(data.resolve()), classes, points), encoding="utf-8")
-        tmp.replace(out)  # whole or not at all: the daemon may read it at any moment
-        console.print(f"wrote {out}; a daemon whose policy says `accuracy: site` ranks by it from now on")
+
+def _write_state(out: Located, text: str) -> str:
+    """Write `text` to the file `out` whole (the daemon may read it at any moment); the message
+    names the file and how its place was chosen."""
+    _check_writable(out)
+    try:
+        tmp = out.path.with_suffix(".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out.path)
+    except OSError as exc:
+        _cannot_write(out, exc.strerror or str(exc), isinstance(exc, PermissionError))
+    return str(out)
+
+
+def _check_writable(out: Located) -> None:
+    """Fail before a long measurement, not after it, when its result could not be written."""
+    folder = out.path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        _cannot_write(out, f"{folder} is not a folder", denied=False)
+    except OSError as exc:
+        _cannot_write(out, exc.strerror or str(exc), isinstance(exc, PermissionError))
+    if not os.access(folder, os.W_OK):
+        _cannot_write(out, "Permission denied", denied=True)
+
+
+def _cannot_write(out: Located, reason: str, denied: bool) -> None:
+    """The service's state directory belongs to the service's user: say so when refused."""
+    hint = "run as the daemon's user (sudo -u edge-agent for the service) or " if denied else ""
+    option = "--out" if out.how == "--out" else "--state-dir"
+    _fail(f"cannot write {out}: {reason}; {hint}choose another place with {option}")
+
+
+def _in_state_dir(state_dir: Path | None, name: str) -> Located:
+    """The file `name` in the state directory the discovery rule finds."""
+    where = locate_state_dir(state_dir)
+    return Located(where.path / name, f"state directory: {where.how}")
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
@@ -377,13 +421,16 @@ def _calibration(root: Path, classes: list[str]) -> Calibration:
 def profile(
     zoo: ZooOpt = default_zoo_dir(),
     out: Annotated[Path | None, typer.Option(help="Device profile file (default: the state directory's)")] = None,
+    state_dir: StateDirOpt = None,
     runs: Annotated[int, typer.Option(help="Timed runs per variant x budget x threads")] = 50,
 ) -> None:
-    """Measure this device's latency table; the daemon prefers it over the shipped profile."""
+    """Measure this device's latency table, written to the state directory, where the daemon
+    prefers it over the shipped profile."""
     from agent.zoo.evaluation import profile_variants
     from agent.zoo.sessions import SessionSettings, open_zoo
 
-    out = out or device_profile_path()
+    target = Located(out, "--out") if out is not None else _in_state_dir(state_dir, DEVICE_PROFILE_NAME)
+    _check_writable(target)
     by_threads = {}
     with console.status("loading variants"):
         for threads in (1, 2):
@@ -404,8 +451,7 @@ def profile(
         measured_at=first.measured_at,
         variants={n: ProfiledVariant(sha256=specs[n].sha256, latency=p) for n, p in profiles.items()},
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(device.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    written = _write_state(target, device.model_dump_json(indent=2) + "\n")
     table = Table(title=f"latency on this device ({time.monotonic() - started:.0f} s)")
     for col in ("variant", "budget", "p50 1t", "p95 1t", "p50 2t", "p95 2t"):
         table.add_column(col, justify="right")
@@ -414,7 +460,7 @@ def profile(
             one, two = prof.lookup(budget, 1), prof.lookup(budget, 2)
             table.add_row(name, f"{budget}", *(f"{x:.2f}" for p in (one, two) if p for x in (p.p50_ms, p.p95_ms)))
     console.print(table)
-    console.print(f"wrote {out}")
+    console.print(f"wrote {escape(written)}")
 
 
 @app.command()

@@ -13,11 +13,15 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.control.controller import ControllerState, Decision, Observed, Option, Served, decide
 from agent.policy.schema import Policy
 from agent.telemetry.formats import TraceEntry
 from agent.values import Config
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Requests a recorded percentile is taken to be over (the trace does not say).
 RECORDED_COUNT = 30
@@ -90,28 +94,33 @@ def summary(steps: list[Step]) -> dict[str, float | int | None]:
 
 
 def plot(steps: list[Step], out: Path, title: str, accuracy: dict[Config, float] | None = None) -> None:
-    """A PNG timeline: telemetry, predicted latency vs SLO, configuration in force (the axis in
-    order of accuracy, most accurate at the top, when `accuracy` is given)."""
-    import matplotlib
+    """Write `timeline_figure` as a PNG."""
+    timeline_figure(steps, title, accuracy).savefig(out, dpi=100)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def timeline_figure(steps: list[Step], title: str, accuracy: dict[Config, float] | None = None) -> Figure:
+    """The run as a timeline: telemetry, predicted latency vs SLO, configuration in force (the
+    axis in order of accuracy, most accurate at the top, when `accuracy` is given). Legends
+    sit right of their axes, so none covers a line."""
+    from matplotlib.figure import Figure
 
     t = [s.t for s in steps]
-    fig, axes = plt.subplots(3, 1, figsize=(12, 8), sharex=True, height_ratios=[1, 1.2, 1])
+    fig = Figure(figsize=(12, 8), layout="constrained")
+    axes = fig.subplots(3, 1, sharex=True, height_ratios=[1, 1.2, 1])
+    outside = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0, "fontsize": 8}
     ax = axes[0]
     ax.plot(t, [s.entry.snapshot.cpu_percent for s in steps], label="CPU %")
     ax.plot(t, [s.entry.snapshot.temperature_c for s in steps], label="temperature C")
     ax.plot(t, [s.entry.snapshot.battery_percent for s in steps], label="battery %")
     ax.set_ylabel("telemetry")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(**outside)
     ax.grid(alpha=0.3)
     ax = axes[1]
-    ax.plot(t, [s.latency_ms for s in steps], label="predicted latency of the configuration in force")
+    ax.plot(t, [s.latency_ms for s in steps], label="predicted latency of\nthe configuration in force")
     ax.plot(t, [s.decision.slo_ms for s in steps], "r--", label="SLO")
     ax.plot(t, [s.decision.slo_ms * s.decision.headroom for s in steps], "r:", lw=1, label="headroom x SLO")
     ax.set_ylabel(f"p{steps[0].decision.percentile:g} ms" if steps else "ms")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(**outside)
     ax.grid(alpha=0.3)
     ax = axes[2]
     acc = accuracy or {}
@@ -123,6 +132,4 @@ def plot(steps: list[Step], out: Path, title: str, accuracy: dict[Config, float]
     ax.set_xlabel("seconds")
     ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    return fig

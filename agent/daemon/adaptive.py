@@ -58,8 +58,12 @@ class AdaptiveLoop:
         self.telemetry = telemetry
         self.metrics = metrics
         self.ort_threads = ort_threads
+        # A policy naming a variant this zoo lacks is invalid, at start and at reload alike.
         self.store = PolicyStore(
-            policy_path or default_policy_path(), on_failure=[self._policy_failed], clock=time.time
+            policy_path or default_policy_path(),
+            on_failure=[self._policy_failed],
+            clock=time.time,
+            known_variants=[v.name for v in runner.zoo.manifest.variants],
         )
         self.snapshot = Snapshot(time=time.time())
         self.state = ControllerState(config=runner.current, last_switch_at=time.monotonic())

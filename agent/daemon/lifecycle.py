@@ -29,7 +29,7 @@ from agent.daemon.adaptive import AdaptiveLoop
 from agent.daemon.logs import configure_logging
 from agent.daemon.pin_file import load_pin, save_pin
 from agent.errors import AgentError
-from agent.paths import state_dir
+from agent.paths import POLICY_NAME, state_dir
 from agent.policy.store import ReloadResult
 from agent.serving.app import create_app
 from agent.serving.codec import MMAP_THRESHOLD_BYTES, fix_mmap_threshold
@@ -369,7 +369,24 @@ def raise_fd_limit() -> None:
     log.info("fd_limit_raised", old=soft, new=hard)
 
 
+def policy_file_problem(path: Path) -> str | None:
+    """Why the daemon cannot start on the policy file `path`, or None. A missing policy is an
+    error, not a silent fallback to the built-in one (which has no rules): the operator named
+    it, or under systemd the service's configuration directory holds it."""
+    try:
+        path.open("rb").close()
+    except OSError as exc:
+        return (
+            f"{path}: cannot open the policy file ({exc.strerror}). Name an existing one (--policy, "
+            f"EDGE_AGENT_POLICY or policy: in the config); the service's default, "
+            f"$CONFIGURATION_DIRECTORY/{POLICY_NAME}, is written by `edge-agent systemd install`"
+        )
+    return None
+
+
 def serve(config_file: Path | None = None, **overrides: Any) -> int:
+    """`edge-agent serve`: exit status 2 (which the unit does not retry) for a configuration
+    that cannot work, 1 for a failed start, 0 after a clean stop."""
     try:
         settings = load_settings(config_file, **overrides)
     except AgentError as exc:
@@ -377,4 +394,9 @@ def serve(config_file: Path | None = None, **overrides: Any) -> int:
         log.error("config_invalid", error=exc.message)
         return 2
     configure_logging(settings.log_level, settings.log_json)
+    problem = policy_file_problem(settings.policy)
+    if problem:
+        log.error("policy_missing", path=str(settings.policy), error=problem)
+        sdnotify.notify(f"STATUS=failed: {problem}")
+        return 2
     return Daemon(settings, config_file, overrides).run()

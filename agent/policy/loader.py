@@ -4,9 +4,9 @@ The file is operator input, so parsing is defensive, in this order: a size limit
 parsing; strict UTF-8; a pass over the YAML *events* (no objects built yet) that refuses
 anchors/aliases (billion laughs), tags (`!!python/object`, `!include`), and nesting deeper
 than a small limit; then the node tree is composed and constructed with PyYAML's safe
-constructor, refusing duplicate keys; then pydantic validates. Each error is reported as
-`FILE:LINE:COL: field.path: message`, the line found by walking the node tree along the
-pydantic error's location. Nothing is ever `eval`-ed.
+constructor, refusing duplicate keys; then pydantic validates, against a zoo's variant names
+when the caller has a zoo. Each problem is reported as `FILE:LINE:COL: field.path: message`
+(`agent.policy.problems` words and places them). Nothing is ever `eval`-ed.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,32 +22,30 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 from yaml.constructor import ConstructorError
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import MappingNode, Node
 
 from agent.errors import AgentError
-from agent.policy.schema import RULE_NAME_PATTERN, SUPPORTED_VERSIONS, VARIANT_PATTERN, Policy
+from agent.policy.problems import at, node_at, validation_problems, yaml_problem
+from agent.policy.schema import KNOWN_VARIANTS, SUPPORTED_VERSIONS, Policy
 
 MAX_BYTES = 64 * 1024
 MAX_DEPTH = 16
 #: Explicit tags that can only mean what the plain YAML would (`!!int`, `!!bool` are left out: a bad
 #: value under them fails inside PyYAML with a bare ValueError/KeyError instead of a marked error).
 _ALLOWED_TAGS = {f"tag:yaml.org,2002:{name}" for name in ("str", "null", "seq", "map")}
-_PATTERN_HINTS = {
-    VARIANT_PATTERN: "not a variant name: lowercase letters, digits, '.', '_' and '-', e.g. int8-lowres",
-    RULE_NAME_PATTERN: "not a rule name: letters, digits, spaces, '.', '_', ':' and '-', starting with a letter or digit",
-}
 
 
 class PolicyError(AgentError):
-    """The policy file is unusable. `message` is the first problem (`FILE:LINE:COL: path: msg`),
-    `problems` every problem found, one line each."""
+    """The policy file is unusable. `problems` is every problem found, one line each
+    (`FILE:LINE:COL: path: msg`), the likely cause first; `message` is all of them, one a line,
+    so status and logs hide none."""
 
     code = "invalid_policy"
     status = 422
 
     def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
-        super().__init__(message)
         self.problems = problems or (message,)
+        super().__init__("\n".join(self.problems))
 
 
 @dataclass(frozen=True)
@@ -118,12 +117,8 @@ _PolicyLoader.add_implicit_resolver(
 # -- errors with a place ----------------------------------------------------------------------------
 
 
-def _at(source: str, mark: Any) -> str:
-    return f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
-
-
 def _fail(source: str, mark: Any, what: str) -> PolicyError:
-    return PolicyError(f"{_at(source, mark)}: {what}")
+    return PolicyError(f"{at(source, mark)}: {what}")
 
 
 def _yaml_error(source: str, text: str, exc: yaml.YAMLError) -> PolicyError:
@@ -133,11 +128,7 @@ def _yaml_error(source: str, text: str, exc: yaml.YAMLError) -> PolicyError:
         char = exc.character if isinstance(exc.character, str) else chr(exc.character)
         return PolicyError(f"{source}:{line}:{column}: character U+{ord(char):04X} is not allowed in YAML text")
     if isinstance(exc, yaml.MarkedYAMLError):
-        mark = exc.problem_mark or exc.context_mark
-        what = exc.problem or exc.context or "invalid YAML"
-        if exc.context and exc.problem and exc.context != exc.problem:
-            what = f"{exc.context}: {exc.problem}"
-        return _fail(source, mark, f"invalid YAML: {' '.join(what.split())}")
+        return PolicyError(yaml_problem(source, exc))
     return PolicyError(f"{source}: invalid YAML: {exc}")
 
 
@@ -184,63 +175,13 @@ def _compose(text: str, source: str) -> tuple[Node, Any]:
     return node, data
 
 
-# -- pydantic error -> FILE:LINE:COL: path: message -------------------------------------------------
-
-
-def _walk(node: Node, loc: tuple[int | str, ...]) -> tuple[Node, bool]:
-    """The node a pydantic error location points at; (node, exact) where exact is False when
-    the walk stopped early (e.g. a missing key points at its parent mapping)."""
-    for part in loc:
-        if isinstance(node, MappingNode):
-            for key_node, value_node in node.value:
-                if isinstance(key_node, ScalarNode) and key_node.value == str(part):
-                    node = value_node
-                    break
-            else:
-                return node, False
-        elif isinstance(node, SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
-            node = node.value[part]
-        else:
-            return node, False
-    return node, True
-
-
-def _key_node(node: Node, key: str) -> Node | None:
-    if isinstance(node, MappingNode):
-        for key_node, _ in node.value:
-            if isinstance(key_node, ScalarNode) and key_node.value == key:
-                return key_node
-    return None
-
-
-def _validation_problems(exc: ValidationError, root: Node, source: str) -> list[str]:
-    problems = []
-    for error in exc.errors():
-        loc = tuple(error["loc"])
-        path = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[") or "(top level)"
-        message = error["msg"].removeprefix("Value error, ")
-        node, exact = _walk(root, loc)
-        if error["type"] == "extra_forbidden" and loc:
-            parent, _ = _walk(root, loc[:-1])
-            node = _key_node(parent, str(loc[-1])) or node
-            message = f"unknown key {loc[-1]!r} (not part of the policy format; check the spelling)"
-        elif error["type"] == "missing":
-            message = "missing required field"
-        elif error["type"] == "string_pattern_mismatch":
-            message = _PATTERN_HINTS.get(str(error.get("ctx", {}).get("pattern")), message)
-        if error["type"] != "missing" and exact and isinstance(node, ScalarNode) and repr(node.value) not in message:
-            message = f"{message} (got {node.value!r})"
-        problems.append(f"{_at(source, node.start_mark)}: {path}: {message}")
-    return problems
-
-
 def _check_version(root: Node, data: Any, source: str) -> None:
     if not isinstance(data, dict):
         kind = "a list" if isinstance(data, list) else "a string" if isinstance(data, str) else type(data).__name__
         raise _fail(source, root.start_mark, f"the top level must be a mapping (version:, slo:, ...), got {kind}")
     version = data.get("version")
     if "version" in data and not (type(version) is int and version in SUPPORTED_VERSIONS):
-        node, _ = _walk(root, ("version",))
+        node = node_at(root, ("version",))
         supported = ", ".join(str(v) for v in SUPPORTED_VERSIONS)
         raise _fail(
             source,
@@ -252,8 +193,9 @@ def _check_version(root: Node, data: Any, source: str) -> None:
 # -- public -----------------------------------------------------------------------------------------
 
 
-def parse_policy(text: str | bytes, source: str = "<policy>") -> Policy:
-    """Validate a policy document; raise PolicyError naming `source`, the line and the field."""
+def parse_policy(text: str | bytes, source: str = "<policy>", known_variants: Collection[str] | None = None) -> Policy:
+    """Validate a policy document; raise PolicyError naming `source`, the line and the field of
+    every problem. With `known_variants` (a zoo's), a variant name outside them is a problem too."""
     data_bytes = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
     if len(data_bytes) > MAX_BYTES:
         raise PolicyError(f"{source}: policy file is {len(data_bytes)} bytes, over the {MAX_BYTES // 1024} KiB limit")
@@ -269,12 +211,12 @@ def parse_policy(text: str | bytes, source: str = "<policy>") -> Policy:
     except RecursionError:  # unreachable with MAX_DEPTH; kept so no input can produce a traceback
         raise PolicyError(f"{source}: nesting too deep") from None
     _check_version(root, data, source)
+    context = {KNOWN_VARIANTS: frozenset(known_variants)} if known_variants is not None else None
     try:
-        return Policy.model_validate(data)
+        return Policy.model_validate(data, context=context)
     except ValidationError as exc:
-        problems = _validation_problems(exc, root, source)
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise PolicyError(problems[0] + more, tuple(problems)) from None
+        problems = validation_problems(exc, root, source)
+        raise PolicyError(problems[0], tuple(problems)) from None
 
 
 def _read_at_most(fd: int, limit: int) -> bytes:
@@ -289,9 +231,10 @@ def _read_at_most(fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_policy_file(path: Path) -> tuple[Policy, FileIdentity]:
-    """Read and validate `path`; also return the identity of what was read, for reload checks.
-    Opens without blocking (a FIFO must not hang the daemon) and reads at most the limit."""
+def read_policy_file(path: Path, known_variants: Collection[str] | None = None) -> tuple[Policy, FileIdentity]:
+    """Read and validate `path` (against `known_variants` when given); also return the identity
+    of what was read, for reload checks. Opens without blocking (a FIFO must not hang the
+    daemon) and reads at most the limit."""
     source = str(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -308,9 +251,10 @@ def read_policy_file(path: Path) -> tuple[Policy, FileIdentity]:
         raise PolicyError(f"{source}: cannot read policy file: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
-    return parse_policy(data, source), FileIdentity.of(st)
+    return parse_policy(data, source, known_variants), FileIdentity.of(st)
 
 
-def load_policy(path: Path) -> Policy:
-    """Read and validate a policy file; PolicyError says where and what is wrong."""
-    return read_policy_file(path)[0]
+def load_policy(path: Path, known_variants: Collection[str] | None = None) -> Policy:
+    """Read and validate a policy file (against a zoo's `known_variants` when given);
+    PolicyError says where and what is wrong."""
+    return read_policy_file(path, known_variants)[0]

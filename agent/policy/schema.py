@@ -7,11 +7,20 @@ Schema of `Policy` is published by `edge-agent policy schema` for editors.
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Iterable
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from agent.values import BUDGETS
 
@@ -31,9 +40,25 @@ def _clock_time(value: str) -> str:
     return f"{int(match.group(1)):02d}:{match.group(2)}"
 
 
+#: Validation context key: the variant names of the zoo the policy is checked against.
+KNOWN_VARIANTS = "known_variants"
+
+
+def _known_variant(value: str, info: ValidationInfo) -> str:
+    """With a zoo to check against (the `known_variants` context), a name it lacks is an error,
+    with the closest known name suggested: `int8_lowres` must not pass for `int8-lowres`."""
+    known = (info.context or {}).get(KNOWN_VARIANTS)
+    if known is None or value in known:
+        return value
+    close = difflib.get_close_matches(value, sorted(known), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"unknown variant {value!r}: not in the zoo ({', '.join(sorted(known))}){hint}")
+
+
 VariantName = Annotated[
     str,
     StringConstraints(pattern=VARIANT_PATTERN),
+    AfterValidator(_known_variant),
     Field(description="A variant of the model zoo, e.g. full, pruned, int8, lowres, int8-lowres"),
 ]
 Budget = Annotated[float, Field(gt=0, le=1, description="Share of patch tokens kept, in (0, 1]")]
@@ -171,15 +196,6 @@ class Policy(_Strict):
             seen[rule.name] = index
         return rules
 
-    def variant_names(self) -> set[str]:
-        """Every variant the file mentions (for checking against the zoo)."""
-        names = set(self.allowed.variants or ())
-        for rule in self.rules:
-            names.update(rule.then.allow_variants or ())
-            if rule.then.prefer:
-                names.add(rule.then.prefer)
-        return names
-
 
 #: Used when no policy file can be read at all: the shipped default's SLO, no rules.
 FALLBACK_POLICY = Policy(
@@ -189,15 +205,11 @@ FALLBACK_POLICY = Policy(
 )
 
 
-def policy_warnings(policy: Policy, known_variants: Iterable[str] | None = None) -> list[str]:
-    """Legal but probably unintended: names not in the zoo, budgets the zoo is not profiled
-    for, a rule whose variants can never meet the base allow list. Not errors: a policy may be
-    written for a zoo other than the one at hand."""
+def policy_warnings(policy: Policy) -> list[str]:
+    """Legal but probably unintended: budgets the zoo is not profiled for, a rule whose variants
+    can never meet the base allow list. (A variant name the zoo lacks is an error when validating
+    against a zoo: see `KNOWN_VARIANTS`.)"""
     warnings = []
-    if known_variants is not None:
-        known = set(known_variants)
-        for name in sorted(policy.variant_names() - known):
-            warnings.append(f"variant {name!r} is not in the zoo ({', '.join(sorted(known))})")
     for budget in policy.allowed.budgets:
         if not any(abs(budget - b) < 1e-9 for b in BUDGETS):
             warnings.append(

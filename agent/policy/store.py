@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,9 @@ class PolicyStore:
     success; a broken edit is logged, counted and reported, and the old policy stays in force.
 
     The constructor loads `path` once (when given); if that fails, `default` is in force and
-    `last_error` says why, so the daemon decides whether to start anyway.
+    `last_error` says why, so the daemon decides whether to start anyway. With
+    `known_variants` (the zoo's), a file naming another variant is invalid like any other error:
+    a misspelt name must not quietly allow nothing.
     """
 
     def __init__(
@@ -50,8 +52,10 @@ class PolicyStore:
         on_failure: Iterable[Callable[[str], None]] = (),
         *,
         clock: Callable[[], float],
+        known_variants: Collection[str] | None = None,
     ) -> None:
         self.path = path
+        self.known_variants = frozenset(known_variants) if known_variants is not None else None
         self._clock = clock  # wall clock, for `loaded_at` only
         self.policy = default
         self.loaded_at: float | None = None
@@ -85,7 +89,7 @@ class PolicyStore:
             # and reloads again, rather than never reloading the newer content.
             before = _identity(self.path)
             try:
-                policy, identity = read_policy_file(self.path)
+                policy, identity = read_policy_file(self.path, self.known_variants)
             except PolicyError as exc:
                 self._seen = before
                 return self._failed(exc.message)

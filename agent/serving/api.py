@@ -81,12 +81,26 @@ class V2Tensor(BaseModel):
     parameters: dict[str, Any] | None = None
 
 
+class V2RequestedOutput(BaseModel):
+    """An output a v2 request asks for; `parameters.binary_data` asks for it as binary."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
 class V2InferRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     id: str | None = None
     inputs: list[V2Tensor] = Field(min_length=1, max_length=4)
-    outputs: list[dict[str, Any]] | None = None
+    outputs: list[V2RequestedOutput] | None = Field(None, max_length=8)
     parameters: dict[str, Any] | None = None
+
+
+class V2ErrorBody(BaseModel):
+    """The error of every v2 route: the protocol's `$inference_error_response`."""
+
+    error: str
 
 
 class V2TensorMeta(BaseModel):

@@ -57,7 +57,9 @@ class ObserveMiddleware:
             self.state.last_error = f"{type(exc).__name__}: {exc}"
             self.state.metrics.errors.labels(code="internal").inc()
             if not status["sent"]:
-                response = error_response("internal", "internal error; see the daemon log", 500)
+                response = error_response(
+                    "internal", "internal error; see the daemon log", 500, path=scope.get("path", "")
+                )
                 await response(scope, receive, send_wrapper)
         route = scope.get("route")
         label = getattr(route, "path", "unmatched")
@@ -93,7 +95,7 @@ def create_app(state: AppState) -> FastAPI:
 
 
 def add_error_handlers(app: FastAPI, state: AppState) -> None:
-    """Every refusal answers the envelope with its error's code and status."""
+    """Every refusal answers its error's status with the error body of its route (`envelope`)."""
     metrics = state.metrics
 
     @app.exception_handler(AgentError)
@@ -106,15 +108,16 @@ def add_error_handlers(app: FastAPI, state: AppState) -> None:
         metrics.errors.labels(code=exc.code).inc()
         if exc.status >= 500 and retry is None:
             state.last_error = exc.message
-        return error_response(exc.code, exc.message, exc.status, headers)
+        return error_response(exc.code, exc.message, exc.status, headers, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
         metrics.errors.labels(code="invalid_request").inc()
         message = validation_message(exc) if exc.errors() else "invalid request"
-        return error_response("invalid_request", message, 422)
+        return error_response("invalid_request", message, 422, path=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         codes = {404: "not_found", 405: "method_not_allowed"}
-        return error_response(codes.get(exc.status_code, "http_error"), str(exc.detail), exc.status_code)
+        code = codes.get(exc.status_code, "http_error")
+        return error_response(code, str(exc.detail), exc.status_code, path=request.url.path)

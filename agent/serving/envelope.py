@@ -1,7 +1,10 @@
-"""The one error envelope, `{"error": {"code", "message"}}`, and JSON answers.
+"""The one error envelope, and JSON answers.
 
-A leaf of the serving layer: the app's exception handlers and the protocol (which answers
-before a request reaches the app) both build their errors here.
+Two bodies, chosen by route: the Open Inference Protocol's routes (`/v2` and below) answer the
+protocol's error object, `{"error": "<message>"}` (KServe v2 `$inference_error_response`), which
+tensor clients such as NVIDIA's tritonclient read as a string; every other route answers
+`{"error": {"code", "message"}}`. A leaf of the serving layer: the app's exception handlers and
+the protocol (which answers before a request reaches the app) both build their errors here.
 """
 
 from __future__ import annotations
@@ -12,10 +15,20 @@ import orjson
 from starlette.responses import Response
 
 JSON = "application/json"
+#: The Open Inference Protocol's routes: the server metadata at V2_ROOT, everything else under it.
+V2_ROOT = "/v2"
 
 
-def error_body(code: str, message: str) -> bytes:
-    """The envelope's bytes."""
+def speaks_v2(path: str) -> bool:
+    """Whether `path` is one of the Open Inference Protocol's routes (its error body applies)."""
+    return path == V2_ROOT or path.startswith(V2_ROOT + "/")
+
+
+def error_body(code: str, message: str, path: str = "") -> bytes:
+    """The error's bytes for a request to `path`: the v2 error object on the v2 routes (the code
+    is left out: the protocol's body has only the message), the envelope elsewhere."""
+    if speaks_v2(path):
+        return orjson.dumps({"error": message})
     return orjson.dumps({"error": {"code": code, "message": message}})
 
 
@@ -23,5 +36,8 @@ def json_response(content: Any, status: int = 200, headers: dict[str, str] | Non
     return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), status, headers, media_type=JSON)
 
 
-def error_response(code: str, message: str, status: int, headers: dict[str, str] | None = None) -> Response:
-    return Response(error_body(code, message), status, headers, media_type=JSON)
+def error_response(
+    code: str, message: str, status: int, headers: dict[str, str] | None = None, path: str = ""
+) -> Response:
+    """An error answer to a request for `path` (see `error_body`)."""
+    return Response(error_body(code, message, path), status, headers, media_type=JSON)

@@ -151,7 +151,11 @@ class AgentProtocol(HttpToolsProtocol):
         elif phase == "body" and cycle is not None:
             if not cycle.response_started:
                 self._send_error(
-                    408, "Request Timeout", "request_timeout", f"request body not received within {seconds:g} s"
+                    408,
+                    "Request Timeout",
+                    "request_timeout",
+                    f"request body not received within {seconds:g} s",
+                    cycle.scope.get("path", ""),
                 )
             cycle.disconnected = True  # the app's receive() answers http.disconnect; its sends are dropped
             cycle.message_event.set()
@@ -160,9 +164,10 @@ class AgentProtocol(HttpToolsProtocol):
         self.limits.on_timeout(phase)
         self.transport.close()
 
-    def _send_error(self, status: int, reason: str, code: str, message: str) -> None:
-        """A JSON error written straight to the transport: the request never reached the app."""
-        body = error_body(code, message)
+    def _send_error(self, status: int, reason: str, code: str, message: str, path: str = "") -> None:
+        """A JSON error written straight to the transport: the request never reached the app.
+        `path`, once the request line is parsed, picks the route's error body."""
+        body = error_body(code, message, path)
         head = [f"HTTP/1.1 {status} {reason}\r\n".encode()]
         head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
         head += [
@@ -201,7 +206,8 @@ class RequestLimit:
         if self.active >= self.limit:
             self.on_refuse()
             message = f"{self.active} requests in progress; try again shortly"
-            await error_response("overloaded", message, 503, {"Retry-After": "1"})(scope, receive, send)
+            answer = error_response("overloaded", message, 503, {"Retry-After": "1"}, scope.get("path", ""))
+            await answer(scope, receive, send)
             return
         self.active += 1
         try:

@@ -250,11 +250,14 @@ class Runner:
         done = clock.monotonic()
         decode_ms, compute_ms = (decoded - started) * 1000, (done - decoded) * 1000
         queue_ms = (started - ticket.enqueued) * 1000
-        admission.finished(worker, config, decode_ms + compute_ms)
+        # Admission, the SLO window and the controller reason per image (the profile times one),
+        # so a batch (v2) counts as its per-image share: whole, it would read as a slowdown.
+        images = len(x)
+        admission.finished(worker, config, (decode_ms + compute_ms) / images)
         self.health.record(config.variant, True, done)
-        self.window.add(done, queue_ms + decode_ms + compute_ms, config)
-        self.decode_window.add(done, decode_ms, config)
-        self.model_window.add(done, compute_ms, config)
+        self.window.add(done, queue_ms + (decode_ms + compute_ms) / images, config)
+        self.decode_window.add(done, decode_ms / images, config)
+        self.model_window.add(done, compute_ms / images, config)
         return Outcome(config, prediction, queue_ms, compute_ms, decode_ms)
 
     def warm_up(self, runs: int) -> None:

@@ -176,17 +176,26 @@ def exchange(sock_path: Path, case: Case, timeout: float = 15.0) -> tuple[list[A
 
 
 def is_json_error(answer: Answer) -> bool:
-    """Whether the body is {"error": {"code": str, "message": str}}."""
+    """Whether the body is an error the API promises: {"error": {"code": str, "message": str}},
+    or on the Open Inference Protocol's routes its own {"error": str}."""
     try:
         err = json.loads(answer.body)["error"]
     except (ValueError, KeyError, TypeError):
         return False
+    if isinstance(err, str):
+        return bool(err)
     return (
         isinstance(err, dict)
         and isinstance(err.get("code"), str)
         and bool(err["code"])
         and isinstance(err.get("message"), str)
     )
+
+
+def error_code(answer: Answer) -> str | None:
+    """The envelope's code (None for a v2 error, which carries only its message)."""
+    err = json.loads(answer.body)["error"]
+    return err["code"] if isinstance(err, dict) else None
 
 
 def judge(case: Case, answers: list[Answer], problem: str) -> Outcome:
@@ -200,7 +209,7 @@ def judge(case: Case, answers: list[Answer], problem: str) -> Outcome:
     verdict = OK
     methods = case.pipeline or (case.method,)
     for i, a in enumerate(answers):
-        if a.status == 400 and is_json_error(a) and json.loads(a.body)["error"]["code"] == PARSER_CODE:
+        if a.status == 400 and is_json_error(a) and error_code(a) == PARSER_CODE:
             if case.well_formed:
                 return Outcome(NON_JSON_ERROR, answers, "the HTTP parser refused a well-formed request")
             verdict = PARSER_REJECTED
