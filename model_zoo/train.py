@@ -117,6 +117,8 @@ def train(
             if progress:
                 progress(step, total, "")
         losses.append(running / len(images))
+        if progress:
+            progress(step, total, f"epoch {len(losses)}/{epochs} loss {losses[-1]:.3f}")
     model.eval()
     return losses
 
