@@ -4,6 +4,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import structlog
 
 from agent.paths import default_zoo_dir
 
@@ -15,6 +16,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "daemon" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.daemon)
+
+
+@pytest.fixture(autouse=True)
+def structlog_config_restored():  # type: ignore[no-untyped-def]
+    """A CLI command run in process (typer's CliRunner) configures logging for the whole
+    process, e.g. `telemetry record` at level warning; a later test that captures info events
+    would then see none. Each test gets back the configuration it started with."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture(scope="session")
