@@ -147,8 +147,7 @@ class Daemon:
 
     def _restore_pin(self, runner: Runner) -> None:
         pin = load_pin(self._pin_file())
-        if pin is not None and pin.until > time.time():
-            runner.restore_pin(pin)
+        if pin is not None and pin.until > time.time() and runner.restore_pin(pin):
             log.info("pin_restored", config=str(pin.config), until=pin.until)
 
     # -- reload (SIGHUP, POST /v1/policy/reload) ------------------------------------------------------

@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 from agent.errors import AgentError
+from agent.private_files import private_dir
 
 SD_LISTEN_FDS_START = 3
 
@@ -50,8 +51,10 @@ def _in_use(path: Path) -> bool:
 
 
 def bind_unix(path: Path, mode: int) -> socket.socket:
-    """Bind `path` with `mode`. A stale socket from a crash is replaced; a live one is an error."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Bind `path` with `mode`. A stale socket from a crash is replaced; a live one is an error.
+    A missing folder is made 0750 whatever the umask; one any user may write to is refused,
+    since whoever can write there can swap the socket for their own."""
+    private_dir(path.parent)
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise AgentError(f"{path} exists and is not a socket; refusing to replace it")

@@ -176,12 +176,14 @@ class Runner:
         if pin is not None and now >= pin.until:
             self.unpin("pin expired")
 
-    def restore_pin(self, pin: Pin) -> None:
-        """Re-apply a pin saved before a restart, if its variant is still loaded."""
+    def restore_pin(self, pin: Pin) -> bool:
+        """Re-apply a pin saved before a restart, if its variant is still loaded; whether it was."""
         try:
             self.pin(pin.config, pin.until - self.clock.wall(), pin.reason)
         except (NotFound, BadInput) as exc:
             log.warning("pin_not_restored", config=str(pin.config), error=exc.message)
+            return False
+        return True
 
     # -- admission and work --------------------------------------------------------------
 
