@@ -556,6 +556,20 @@ def test_headers_past_the_bound_get_a_json_431() -> None:
     assert envelope(transport.buffer) == (431, "headers_too_large") and transport.closed
 
 
+def test_headers_past_the_bound_in_the_first_send_get_a_json_431() -> None:
+    protocol, transport, _ = connect()
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 4000 + b"\r\n\r\n")
+    assert envelope(transport.buffer) == (431, "headers_too_large") and transport.closed
+
+
+def test_a_body_in_the_same_send_as_small_headers_is_not_counted_as_headers() -> None:
+    protocol, transport, _ = connect()
+    body = b"a" * 4000  # past the 1024-byte header bound, but a body
+    protocol.data_received(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n" + body)
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # the next request counts from 0
+    assert not transport.closed and b" 431 " not in transport.buffer
+
+
 def test_bytes_that_are_not_http_get_a_json_400() -> None:
     protocol, transport, _ = connect()
     protocol.data_received(b"\x00\x01 not http\r\n\r\n")

@@ -69,10 +69,14 @@ class AgentProtocol(HttpToolsProtocol):
     # -- phase changes, from the parser and the response ------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self._phase == "headers":
+        if self._phase in ("idle", "headers"):
             # httptools keeps every header it is given: without a bound, one request's headers
-            # could fill the memory before the header deadline ends it.
-            self._header_bytes += len(data)
+            # could fill the memory before the header deadline ends it. Counted from a request's
+            # first byte (it arrives while the connection is idle: 250 KiB of headers in one send
+            # must not pass), up to the blank line that ends them (a body in the same send is not
+            # header bytes).
+            end = data.find(b"\r\n\r\n")
+            self._header_bytes += len(data) if end < 0 else end + 4
             if self._header_bytes > self.limits.max_header_bytes:
                 self._disarm()
                 log.info(
@@ -97,10 +101,10 @@ class AgentProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._header_bytes = 0
         self._arm("headers", self.limits.header_s)
 
     def on_headers_complete(self) -> None:
+        self._header_bytes = 0  # the next request counts from its own first byte
         self._disarm()
         super().on_headers_complete()
         started = self.cycle is not None and self.cycle.scope is self.scope and not self.pipeline
