@@ -21,7 +21,7 @@ from agent.values import BUDGETS
 from agent.zoo.evaluation import accuracy, batch_inputs, correct_mask, profile_variants, time_runs
 from agent.zoo.manifest import AccuracyPoint, BuildInfo, Manifest, Variant
 from agent.zoo.sessions import LoadedVariant, SessionSettings, describe_onnx, open_variant
-from agent.zoo.stats import mcnemar_exact, wilson_interval
+from agent.zoo.stats import mcnemar_exact, pack_hits, wilson_interval
 from model_zoo import data
 from model_zoo.export import CANDIDATES, export_onnx, quantize
 from model_zoo.model import ModelSpec, TokenBudgetViT
@@ -181,6 +181,7 @@ def _accuracy_point(
         test_ci=wilson_interval(int(mask.sum()), len(mask)),
         p_vs_larger_budget=mcnemar_exact(mask, hits[(name, min(larger))]) if larger else None,
         p_vs_full=mcnemar_exact(mask, reference) if reference is not None and (name, budget) != ("full", 1.0) else None,
+        test_hits=pack_hits(mask),
     )
 
 

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from agent.zoo.stats import format_p, mcnemar_exact, wilson_interval
+from agent.zoo.stats import format_p, mcnemar_exact, pack_hits, unpack_hits, wilson_interval
 
 
 def test_wilson_interval_matches_the_closed_form_and_stays_in_0_1() -> None:
@@ -42,3 +42,21 @@ def test_a_large_paired_difference_is_significant_and_a_tie_is_not() -> None:
 
 def test_format_p() -> None:
     assert (format_p(None), format_p(0.0004), format_p(0.0328)) == ("-", "<0.001", "0.033")
+
+
+def test_outcomes_round_trip_through_their_packed_form() -> None:
+    rng = np.random.default_rng(3)
+    for n in (1, 7, 8, 9, 4000):
+        hits = rng.random(n) < 0.9
+        assert np.array_equal(unpack_hits(pack_hits(hits), n), hits)
+
+
+def test_packed_outcomes_for_another_image_count_are_refused() -> None:
+    packed = pack_hits(np.ones(4000, dtype=bool))
+    for n in (3992, 4009):
+        try:
+            unpack_hits(packed, n)
+        except ValueError as exc:
+            assert "images" in str(exc)
+        else:
+            raise AssertionError(f"{n} images accepted")

@@ -230,6 +230,22 @@ def test_tiers_do_not_chain_down() -> None:
     assert {str(k): v for k, v in tiers(opts).items()} == {"a@1": 0, "b@1": 0, "c@1": 1, "d@1": 1, "e@1": 2}
 
 
+def test_a_paired_test_decides_ties_where_the_table_has_one() -> None:
+    """b is inside a's interval but the paired test separates them: a tier of its own. d is
+    outside c's interval, but on the same images the difference is not significant: a tie.
+    Where no paired test exists (a and c), the intervals decide as before."""
+    a, b, c, d = (Config(n, 1.0) for n in "abcd")
+    opts = [
+        Option(a, 10.0, 0.970, 0.964, paired={b: 0.01}),
+        Option(b, 9.0, 0.966, 0.960),
+        Option(c, 8.0, 0.940, 0.934, paired={d: 0.30}),
+        Option(d, 7.0, 0.925, 0.919),
+    ]
+    assert opts[0].ties(opts[1]) is False and opts[2].ties(opts[3]) is True
+    assert opts[1].ties(opts[0]) is False  # the test is read from either side
+    assert {str(k): v for k, v in tiers(opts).items()} == {"a@1": 0, "b@1": 1, "c@1": 2, "d@1": 2}
+
+
 def test_a_flickering_top_configuration_does_not_walk_the_choice_down() -> None:
     """Under load only the cheaper tiers are feasible and their members come and go; the
     controller settles in the best feasible tier and never drifts to a worse one while a

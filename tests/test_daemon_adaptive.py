@@ -17,7 +17,7 @@ import pytest
 
 from agent.cli.scenario import injected_telemetry_env
 from agent.client import ClientError
-from agent.control.controller import Option, options_from_manifest
+from agent.control.controller import Option, options_from_manifest, tiers
 from agent.paths import default_zoo_dir
 from agent.zoo.manifest import latency_table, load_manifest
 from model_zoo import data
@@ -37,10 +37,10 @@ def manifest_options(variants: set[str] | None = None) -> list[Option]:
 
 def most_accurate() -> str:
     """The configuration the controller picks when everything is feasible: the fastest of those
-    whose test accuracy lies inside the most accurate one's 95% interval (ties)."""
+    the most accurate one ties with (its tier)."""
     options = manifest_options()
-    best = max(options, key=lambda o: (o.accuracy, -o.profiled_ms))
-    return str(min((o for o in options if o.accuracy >= best.tie_floor), key=lambda o: o.profiled_ms).config)
+    tier = tiers(options)
+    return str(min((o for o in options if tier[o.config] == 0), key=lambda o: o.profiled_ms).config)
 
 
 def policy_text(latency_ms: float, extra: str = "") -> str:

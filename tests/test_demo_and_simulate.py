@@ -56,10 +56,12 @@ CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 
 
 def _daemons() -> set[int]:
+    """Demo daemons (their socket and telemetry file lie in the demo's temp folder), not those
+    other test runs on the machine may have started."""
     return {
         p.pid
         for p in psutil.process_iter(["cmdline"])
-        if "serve" in (p.info["cmdline"] or []) and "agent" in " ".join(p.info["cmdline"] or [])
+        if "serve" in (p.info["cmdline"] or []) and "edge-agent-demo-" in " ".join(p.info["cmdline"] or [])
     }
 
 

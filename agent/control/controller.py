@@ -6,9 +6,11 @@ It predicts every allowed configuration's latency percentile as profile x slowdo
 request's time and the model's run apart) plus the time bodies take to decode, and picks,
 among the configurations predicted under headroom x SLO, one of the most accurate tier, the
 fastest in it. Tiers group accuracies the table cannot tell apart: the most accurate allowed
-configuration and every one inside its 95% interval form the first, the most accurate of the
-rest and those inside its interval the next, and so on (a 0.2-point gap on a few thousand
-images is noise, and on a site table of a few hundred images so is a 2-point one). Tiers
+configuration and every one it ties with form the first, the most accurate of the rest and its
+ties the next, and so on. Two configurations tie when a paired test of the table (the same
+images scored by both) does not separate them, or, where the table has none between them, when
+one's accuracy lies inside the other's 95% interval (on a site table of a few hundred images a
+2-point gap is noise; on the zoo's 4,000 paired test images a 0.4-point one often is not). Tiers
 depend on the table and the policy only, never on the load, so the choice does not drift down
 a chain of ties as configurations come and go from the feasible set.
 It steps down at once when the configuration in force is predicted (or observed) over the
@@ -32,6 +34,8 @@ from agent.zoo.manifest import LatencyProfile, Manifest
 
 #: Fewest requests of a configuration in the window before its latency informs the model.
 MIN_SAMPLES = 5
+#: A paired test below this separates two configurations' accuracies.
+PAIRED_ALPHA = 0.05
 
 
 @dataclass(frozen=True)
@@ -72,11 +76,22 @@ class Option:
     accuracy: float
     accuracy_low: float | None = None
     table: str = "test"
+    #: p-values of the table's paired tests against other configurations (see `ties`).
+    paired: dict[Config, float] = field(default_factory=dict)
 
     @property
     def tie_floor(self) -> float:
-        """Accuracies at or above this are as good as this option's, as far as its table can tell."""
+        """Accuracies at or above this are inside this option's 95% interval."""
         return self.accuracy if self.accuracy_low is None else min(self.accuracy_low, self.accuracy)
+
+    def ties(self, other: Option) -> bool:
+        """Whether `other` (no more accurate) is as good as this option as far as the table can
+        tell: a paired test between them, where the table has one, decides (p >= 0.05: not
+        separated); otherwise `other`'s accuracy must lie inside this option's interval."""
+        p = self.paired.get(other.config, other.paired.get(self.config))
+        if p is not None:
+            return p >= PAIRED_ALPHA
+        return other.accuracy >= self.tie_floor
 
 
 @dataclass(frozen=True)
@@ -143,7 +158,14 @@ def options_from_manifest(
             config = Config(variant.name, budget)
             est = estimates.get(config)
             options.append(
-                Option(config, latency, est.accuracy if est else 0.0, est.low if est else None, accuracy_table)
+                Option(
+                    config,
+                    latency,
+                    est.accuracy if est else 0.0,
+                    est.low if est else None,
+                    accuracy_table,
+                    est.paired if est else {},
+                )
             )
     return options
 
@@ -239,14 +261,14 @@ class _Plan:
 
 def tiers(options: list[Option]) -> dict[Config, int]:
     """Accuracy tiers, most accurate first: each tier is the most accurate option not yet placed
-    and every remaining one inside its 95% interval."""
+    and every remaining one it ties with (`Option.ties`)."""
     out: dict[Config, int] = {}
     rest = sorted(options, key=lambda o: (-o.accuracy, o.profiled_ms))
     tier = 0
     while rest:
         anchor = rest[0]
         for o in rest:
-            if o.accuracy >= anchor.tie_floor:
+            if o is anchor or anchor.ties(o):
                 out[o.config] = tier
         rest = [o for o in rest if o.config not in out]
         tier += 1
@@ -272,7 +294,7 @@ def _plan(c: Constraints, options: list[Option], latency: LatencyModel, decode_m
         elif anchor.config == target.config:
             how = "most accurate feasible"
         else:
-            how = f"fastest feasible as accurate as {anchor.config} ({anchor.accuracy:.1%}, within its 95% interval)"
+            how = f"fastest feasible as accurate as {anchor.config} ({anchor.accuracy:.1%}, a tie in the table)"
         why_target = (
             f"{target.config} predicted {_ms(predicted[target.config])}{decode} <= {c.headroom:g} x SLO "
             f"{_ms(c.slo_ms)}, {how} ({target.table} accuracy {target.accuracy:.1%})"

@@ -3,9 +3,13 @@
 `test` and `shifted` come with the zoo (the manifest's figures on the build's splits); `site`
 is measured on the gateway, on the operator's own labelled images (`edge-agent zoo eval
 --data DIR --save`), and kept in the state directory beside the device profile. Each figure
-carries its 95% interval: the controller treats configurations whose accuracy lies inside the
-best one's interval as ties (on a few hundred site images a 1-point gap is noise) and breaks
-ties by latency.
+carries its 95% interval, and the manifest's test figures their paired tests (exact McNemar, the
+same test images scored by both configurations): against every other configuration where the
+manifest keeps each image's outcome (`test_hits`), else against full@1 and the next larger budget.
+The controller treats two configurations as ties when the table cannot tell them apart: where a
+paired test between them exists, when it does not separate them (p >= 0.05); elsewhere, when one's
+accuracy lies inside the other's interval (on a few hundred site images a 1-point gap is noise).
+Ties are broken by latency.
 
 A site table is tied to the files it was measured on (each variant's SHA-256, as the device
 profile is): a variant rebuilt or replaced since is left out of it, not ranked by a stale figure.
@@ -14,17 +18,20 @@ profile is): a variant rebuilt or replaced since is left out of it, not ranked b
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.errors import ZooError, validation_message
 from agent.paths import SITE_ACCURACY_NAME
 from agent.values import Config
-from agent.zoo.manifest import Manifest
-from agent.zoo.stats import wilson_interval
+from agent.zoo.manifest import AccuracyPoint, Manifest, Variant
+from agent.zoo.stats import mcnemar_exact, unpack_hits, wilson_interval
 
 TableName = Literal["test", "shifted", "site"]
 TABLES: tuple[str, ...] = ("test", "shifted", "site")
@@ -38,6 +45,9 @@ class Estimate:
     low: float
     high: float
     images: int | None
+    #: p-values of paired tests (the same images scored by both) against other configurations:
+    #: a paired test separates far smaller differences than two intervals can.
+    paired: dict[Config, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -91,18 +101,69 @@ def manifest_table(manifest: Manifest, name: Literal["test", "shifted"]) -> Accu
     build's shifted split size where the manifest records it, else the figure stands alone."""
     shifted_n = manifest.build.config.get("shifted_size") if manifest.build else None
     estimates: dict[Config, Estimate] = {}
+    outcomes = _outcomes(manifest) if name == "test" else {}
     for variant in manifest.variants:
         for point in variant.accuracy:
             config = Config(variant.name, point.budget)
             if name == "test":
                 low, high = point.test_ci or (point.test, point.test)
-                estimates[config] = Estimate(point.test, low, high, point.test_n)
+                paired = _all_pairs(config, outcomes) if outcomes else _paired(variant.name, point, variant)
+                estimates[config] = Estimate(point.test, low, high, point.test_n, paired)
             elif point.shifted is not None:
                 if isinstance(shifted_n, int) and shifted_n > 0:
                     estimates[config] = _estimate(round(point.shifted * shifted_n), shifted_n)
                 else:
                     estimates[config] = Estimate(point.shifted, point.shifted, point.shifted, None)
     return AccuracyTable(name, "manifest", estimates)
+
+
+def _outcomes(manifest: Manifest) -> dict[Config, NDArray[np.bool_]]:
+    """Every test figure's per-image outcomes, when the manifest keeps them for all of them on
+    the same images; {} otherwise (then only the manifest's own paired tests are known)."""
+    out: dict[Config, NDArray[np.bool_]] = {}
+    for variant in manifest.variants:
+        for point in variant.accuracy:
+            if point.test_hits is None or point.test_n is None:
+                return {}
+            try:
+                hits = unpack_hits(point.test_hits, point.test_n)
+            except ValueError:
+                return {}
+            if abs(float(hits.mean()) - point.test) > 1e-9:
+                return {}  # outcomes of other images or another model than the figure's
+            out[Config(variant.name, point.budget)] = hits
+    return out if len({len(h) for h in out.values()}) == 1 else {}
+
+
+@functools.lru_cache(maxsize=4096)
+def _mcnemar_cached(a: bytes, b: bytes, n: int) -> float:
+    return mcnemar_exact(
+        np.unpackbits(np.frombuffer(a, np.uint8))[:n].astype(bool),
+        np.unpackbits(np.frombuffer(b, np.uint8))[:n].astype(bool),
+    )
+
+
+def _all_pairs(config: Config, outcomes: dict[Config, NDArray[np.bool_]]) -> dict[Config, float]:
+    """Paired tests of `config` against every other configuration scored on the same images."""
+    mine = outcomes[config]
+    packed = np.packbits(mine).tobytes()
+    return {
+        other: _mcnemar_cached(*sorted((packed, np.packbits(hits).tobytes())), len(mine))
+        for other, hits in outcomes.items()
+        if other != config
+    }
+
+
+def _paired(name: str, point: AccuracyPoint, variant: Variant) -> dict[Config, float]:
+    """The manifest's paired tests of one test figure: against full@1 and against the next
+    larger budget of the same variant."""
+    out: dict[Config, float] = {}
+    if point.p_vs_full is not None:
+        out[Config("full", 1.0)] = point.p_vs_full
+    larger = [p.budget for p in variant.accuracy if p.budget > point.budget]
+    if point.p_vs_larger_budget is not None and larger:
+        out[Config(name, min(larger))] = point.p_vs_larger_budget
+    return out
 
 
 def load_site_table(path: Path, manifest: Manifest) -> AccuracyTable:

@@ -69,6 +69,9 @@ class AccuracyPoint(_Strict):
     #: variant, and against full@1: below 0.05, the difference is unlikely to be noise.
     p_vs_larger_budget: float | None = Field(default=None, ge=0, le=1)
     p_vs_full: float | None = Field(default=None, ge=0, le=1)
+    #: Each test image's outcome (1: labelled right), bit-packed, base64 (`stats.pack_hits`):
+    #: with it any two configurations can be compared paired, not only the neighbours above.
+    test_hits: str | None = Field(default=None, max_length=1_000_000)
 
 
 class LatencyPoint(_Strict):
