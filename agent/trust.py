@@ -38,8 +38,8 @@ class SignatureError(AgentError):
 
 def key_id(raw: bytes) -> str:
     """A key id as minisign prints it (`minisign public key 9D9DECBB187C6DED`): the 8 bytes
-    read as a little-endian number, in upper-case hex."""
-    return f"{int.from_bytes(raw, 'little'):016X}"
+    read as a little-endian number, in upper-case hex without leading zeros (printf's PRIX64)."""
+    return f"{int.from_bytes(raw, 'little'):X}"
 
 
 def signature_path(path: Path) -> Path:

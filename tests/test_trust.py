@@ -241,3 +241,8 @@ def test_policy_sign_refuses_an_invalid_policy(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["policy", "sign", str(policy), "-s", str(key)])
     assert result.exit_code == 1 and "latency_ms" in result.output
     assert not signature_path(policy).exists()
+
+
+def test_key_ids_are_printed_as_minisign_prints_them_leading_zeros_dropped() -> None:
+    assert key_id(bytes.fromhex("ED6D7C18BBEC9D9D")) == "9D9DECBB187C6DED"  # from a `minisign -G` public key
+    assert key_id(bytes.fromhex("F6153423B57EFC0A")) == "AFC7EB5233415F6"  # its printf("%" PRIX64) drops the 0

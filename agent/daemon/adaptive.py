@@ -139,8 +139,8 @@ class AdaptiveLoop:
             return None
         return (st.st_mtime_ns, st.st_size)
 
-    def _policy_failed(self, message: str) -> None:
-        reason = "signature" if self.store.last_error_code == SignatureError.code else "invalid"
+    def _policy_failed(self, message: str, code: str) -> None:
+        reason = "signature" if code == SignatureError.code else "invalid"
         self.metrics.policy_reload_failures.labels(reason=reason).inc()
 
     # -- jobs ------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ class PolicyStore:
         self,
         path: Path | None,
         default: Policy = FALLBACK_POLICY,
-        on_failure: Iterable[Callable[[str], None]] = (),
+        on_failure: Iterable[Callable[[str, str], None]] = (),
         *,
         clock: Callable[[], float],
         known_variants: Collection[str] | None = None,
@@ -72,7 +72,7 @@ class PolicyStore:
         self.last_error: str | None = None
         self.last_error_code: str | None = None
         self.failures = 0
-        self.on_failure: list[Callable[[str], None]] = list(on_failure)
+        self.on_failure: list[Callable[[str, str], None]] = list(on_failure)  # (message, code)
         self._seen: tuple[FileIdentity | None, ...] | None = None
         self._lock = threading.Lock()
         if path is not None:
@@ -130,7 +130,7 @@ class PolicyStore:
         log.error("policy_reload_failed", path=str(self.path), error=message, failures=self.failures, kept=self.source)
         for callback in self.on_failure:
             try:
-                callback(message)
+                callback(message, code)
             except Exception:  # a metrics hook must not break the reload path
                 log.exception("policy_failure_callback_failed")
         return ReloadResult(ok=False, changed=False, error=message, code=code)
