@@ -10,7 +10,8 @@ The packages, by layer (import-linter contracts in pyproject.toml keep them apar
 - `agent.telemetry`  snapshots of the device and where they come from (psutil, override file, trace).
 - `agent.zoo`        the model zoo: manifest, onnxruntime sessions, preprocessing, evaluation.
 - leaves             `agent.values` (Config, Pin, Switch, BUDGETS), `agent.errors`, `agent.paths`,
-                     `agent.settings`; `agent.client` is the Python client.
+                     `agent.settings`, `agent.trust` (minisign signatures: trusted keys, checks,
+                     signing); `agent.client` is the Python client.
 """
 
 __version__ = "0.1.0"

@@ -63,6 +63,11 @@ class Settings(BaseSettings):
         description="Nice levels the event-loop thread runs above the workers, so it answers at once under full load",
     )
     admin_uids: list[int] = Field(default_factory=list, description="Besides root and the daemon's own uid")
+    trusted_keys: list[Path] = Field(
+        default_factory=list,
+        description="minisign public key files; when set, the zoo's manifest.json and the policy file must carry "
+        "a valid .minisig by one of them (docs/security.md)",
+    )
     default_variant: str = "full"
     default_budget: float = Field(default=1.0, gt=0, le=1)
     warmup_runs: int = Field(default=3, ge=0)

@@ -675,7 +675,9 @@ def test_store_loads_the_file_on_creation(policy_file: Path) -> None:
 
 def test_invalid_policy_keeps_last_good_and_reports_the_error(policy_file: Path) -> None:
     failures: list[str] = []
-    store = PolicyStore(policy_file, FALLBACK_POLICY, on_failure=[failures.append], clock=time.time)
+    store = PolicyStore(
+        policy_file, FALLBACK_POLICY, on_failure=[lambda message, _code: failures.append(message)], clock=time.time
+    )
     good = store.policy
     policy_file.write_text("version: 1\nslo:\n  latency_ms: -1\n", encoding="utf-8")
     with structlog.testing.capture_logs() as logs:

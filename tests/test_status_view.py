@@ -60,3 +60,23 @@ def test_a_refused_reload_says_what_stays_and_keeps_every_error_as_detail() -> N
 def test_settings_changed_by_a_reload_are_told_apart_from_those_needing_a_restart() -> None:
     answer = {"reloaded": True, "config_changed": ["log_level", "workers"], "need_restart": ["workers"]}
     assert describe_reload(answer, NOW) == (True, "settings applied: log_level; restart to apply: workers", [])
+
+
+def test_the_policy_section_says_whether_signatures_are_required_and_by_which_keys() -> None:
+    from rich.console import Console
+
+    from agent.cli.status_view import _policy
+
+    pol = {"source": "/etc/p.yaml", "loaded_at": NOW - 5, "version": 1, "digest": "abc", "rules": [], "failures": 0}
+
+    def text(signatures: dict[str, object] | None) -> str:
+        console = Console(record=True, width=120)
+        console.print(_policy(pol, NOW, signatures))
+        return console.export_text()
+
+    assert "signed" not in text(None)  # a daemon from before signatures
+    assert "not required" in text({"required": False})
+    on = text(
+        {"required": True, "keys": [{"id": "9D9DECBB187C6DED", "file": "/k.pub"}, {"id": "AFC7EB5", "file": "/b"}]}
+    )
+    assert "required, by key 9D9DECBB187C6DED, AFC7EB5" in on

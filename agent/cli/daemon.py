@@ -64,11 +64,18 @@ def serve(
     zoo: Annotated[Path | None, typer.Option(help="Zoo folder (default: the shipped model_zoo)")] = None,
     policy: Annotated[Path | None, typer.Option(help="Policy file (YAML)")] = None,
     config: Annotated[Path | None, typer.Option(help="Daemon settings (YAML); EDGE_AGENT_* env wins over it")] = None,
+    trusted_key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--trusted-key",
+            help="minisign public key file (repeatable): the zoo manifest and policy must be signed by one",
+        ),
+    ] = None,
 ) -> None:
     """Run the daemon: load and verify the zoo, warm up, serve on the Unix socket."""
     from agent.daemon.lifecycle import serve as run_daemon
 
-    raise typer.Exit(run_daemon(config, socket=socket, zoo=zoo, policy=policy))
+    raise typer.Exit(run_daemon(config, socket=socket, zoo=zoo, policy=policy, trusted_keys=trusted_key or None))
 
 
 def classify(

@@ -174,7 +174,7 @@ def _telemetry(tel: Mapping[str, Any], now: float) -> Table:
     return _section(f"Telemetry (read {ago(tel.get('time'), now)})", rows)
 
 
-def _policy(pol: Mapping[str, Any], now: float) -> Table:
+def _policy(pol: Mapping[str, Any], now: float, signatures: Mapping[str, Any] | None = None) -> Table:
     if pol.get("loaded_at") is None:
         source = "built-in default" + (f" (its file {pol['path']} could not be loaded)" if pol.get("path") else "")
         rows: list[tuple[str, str | Text]] = [("file", source)]
@@ -184,6 +184,9 @@ def _policy(pol: Mapping[str, Any], now: float) -> Table:
             ("loaded", f"{ago(pol['loaded_at'], now)} (version {pol['version']}, digest {pol['digest']})"),
         ]
     rows.append(("rules", ", ".join(pol.get("rules") or []) or "none"))
+    if signatures is not None:
+        keys = ", ".join(k["id"] for k in signatures.get("keys") or [])
+        rows.append(("signed", f"required, by key {keys}" if signatures.get("required") else "not required"))
     if pol.get("last_error"):
         refused = f"last edit refused ({pol['failures']} refused so far), the policy above stays in force:"
         rows.append(("error", Text(f"{refused}\n{pol['last_error']}", style="red")))
@@ -231,7 +234,7 @@ def render_status(st: Mapping[str, Any], now: float, socket: str) -> RenderableT
     if "telemetry" in st:
         parts.append(_telemetry(st["telemetry"], now))
     if "policy" in st:
-        parts.append(_policy(st["policy"], now))
+        parts.append(_policy(st["policy"], now, st.get("signatures")))
     parts.append(_variants(st))
     if st.get("decisions"):
         parts.append(_decisions(st["decisions"], now))

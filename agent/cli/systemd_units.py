@@ -65,6 +65,7 @@ _UNIT_NOTES = {
     "zoo": "Default: the model_zoo installed with the package. Must be readable by user edge-agent.",
     "policy": "Under systemd: $CONFIGURATION_DIRECTORY/policy.yaml, which the installer writes (never overwriting it).",
     "drain_timeout_s": "Keep below the unit's TimeoutStopSec=30s, or raise that in a drop-in too.",
+    "trusted_keys": "e.g. [/etc/edge-agent/keys/ops.pub]; each must be readable by user edge-agent.",
 }
 
 

@@ -36,6 +36,7 @@ from agent.serving.metrics import Metrics
 from agent.serving.runner import Runner
 from agent.telemetry.snapshot import Snapshot
 from agent.telemetry.sources import TelemetrySource
+from agent.trust import SignatureError, TrustedKeys, signature_path
 from agent.values import Config
 from agent.zoo.accuracy_tables import AccuracyTable, select_table
 from agent.zoo.manifest import latency_table, load_device_profile
@@ -53,17 +54,22 @@ class AdaptiveLoop:
         metrics: Metrics,
         ort_threads: int,
         state_dir: Path | None = None,
+        trust: TrustedKeys | None = None,
     ) -> None:
         self.runner = runner
         self.telemetry = telemetry
         self.metrics = metrics
         self.ort_threads = ort_threads
-        # A policy naming a variant this zoo lacks is invalid, at start and at reload alike.
+        # A policy naming a variant this zoo lacks is invalid, at start and at reload alike; with
+        # trusted keys, so is one without a valid signature beside it.
+        path = policy_path or default_policy_path()
         self.store = PolicyStore(
-            policy_path or default_policy_path(),
+            path,
             on_failure=[self._policy_failed],
             clock=time.time,
             known_variants=[v.name for v in runner.zoo.manifest.variants],
+            check=trust.check if trust else None,
+            watch_also=[signature_path(path)] if trust else (),
         )
         self.snapshot = Snapshot(time=time.time())
         self.state = ControllerState(config=runner.current, last_switch_at=time.monotonic())
@@ -133,8 +139,9 @@ class AdaptiveLoop:
             return None
         return (st.st_mtime_ns, st.st_size)
 
-    def _policy_failed(self, message: str) -> None:
-        self.metrics.policy_reload_failures.inc()
+    def _policy_failed(self, message: str, code: str) -> None:
+        reason = "signature" if code == SignatureError.code else "invalid"
+        self.metrics.policy_reload_failures.labels(reason=reason).inc()
 
     # -- jobs ------------------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ from agent.serving.runner import Runner
 from agent.serving.state import AppState
 from agent.settings import LIVE_SETTINGS, Settings, load_settings
 from agent.telemetry.sources import GuardedSource, make_source
+from agent.trust import SignatureError, TrustedKeys, load_trusted_keys
 from agent.values import Config, Switch
 from agent.zoo.sessions import SessionSettings, open_zoo, recheck_files
 
@@ -90,8 +91,9 @@ class Daemon:
 
     def _load(self) -> AppState:
         s = self.settings
+        trust = self._trusted_keys()
         sdnotify.notify("STATUS=loading model zoo")
-        zoo = open_zoo(s.zoo, SessionSettings(intra_threads=s.ort_threads))
+        zoo = open_zoo(s.zoo, SessionSettings(intra_threads=s.ort_threads), check=trust.check if trust else None)
         self.metrics.variants_loaded.set(len(zoo.variants))
         self.metrics.variant_failures.set(len(zoo.failures))
         if not zoo.variants:
@@ -116,7 +118,9 @@ class Daemon:
         runner.on_pin.append(lambda _: self._save_pin())
         self.metrics.set_config(initial.variant, initial.budget)
         telemetry = GuardedSource(make_source(s), s.telemetry_interval_s)
-        self.adaptive = AdaptiveLoop(runner, telemetry, s.policy, self.metrics, s.ort_threads, s.state_dir)
+        self.adaptive = AdaptiveLoop(runner, telemetry, s.policy, self.metrics, s.ort_threads, s.state_dir, trust)
+        if self.adaptive.store.last_error_code == SignatureError.code:
+            raise SignatureError(self.adaptive.store.last_error or "policy signature refused")
         if self.adaptive.store.last_error:
             log.error("policy_invalid_at_start", error=self.adaptive.store.last_error, using="built-in fallback policy")
         missing = self.adaptive.missing_profile()
@@ -125,9 +129,22 @@ class Daemon:
         self.adaptive.sample_telemetry()
         state = AppState(settings=s, zoo=zoo, runner=runner, metrics=self.metrics)
         state.reload = self.reload
-        state.extra_status = self.adaptive.status
+        signatures = trust.status() if trust else {"required": False}
+        adaptive = self.adaptive
+        state.extra_status = lambda: {**adaptive.status(), "signatures": signatures}
         self._restore_pin(runner)
         return state
+
+    def _trusted_keys(self) -> TrustedKeys | None:
+        """The `trusted_keys` setting's public keys (None: signatures are not required); a key
+        file that cannot be read refuses the start rather than trusting nothing or everything."""
+        if not self.settings.trusted_keys:
+            log.info("signatures_not_required")
+            return None
+        trust = load_trusted_keys(self.settings.trusted_keys)
+        self.metrics.signatures_required.set(1)
+        log.info("signatures_required", keys=trust.ids)
+        return trust
 
     def _switched(self, record: Switch) -> None:
         self.metrics.switches.inc()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,10 +231,15 @@ def _read_at_most(fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_policy_file(path: Path, known_variants: Collection[str] | None = None) -> tuple[Policy, FileIdentity]:
+def read_policy_file(
+    path: Path,
+    known_variants: Collection[str] | None = None,
+    check: Callable[[Path, bytes], None] | None = None,
+) -> tuple[Policy, FileIdentity]:
     """Read and validate `path` (against `known_variants` when given); also return the identity
     of what was read, for reload checks. Opens without blocking (a FIFO must not hang the
-    daemon) and reads at most the limit."""
+    daemon) and reads at most the limit. `check` (the daemon's signature check) is given the
+    bytes read before they are parsed, and raises to refuse them: what is checked is what is used."""
     source = str(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -251,6 +256,8 @@ def read_policy_file(path: Path, known_variants: Collection[str] | None = None) 
         raise PolicyError(f"{source}: cannot read policy file: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
+    if check is not None:
+        check(path, data)
     return parse_policy(data, source, known_variants), FileIdentity.of(st)
 
 

@@ -46,7 +46,17 @@ class Metrics:
         self.errors = Counter("edge_agent_errors_total", "Errors answered, by code", ["code"], registry=r)
         self.ready = Gauge("edge_agent_ready", "1 when serving, 0 while starting or draining", registry=r)
         self.policy_reload_failures = Counter(
-            "edge_agent_policy_reload_failures_total", "Policy files refused (last good kept)", registry=r
+            "edge_agent_policy_reload_failures_total",
+            "Policy files refused (last good kept), by reason: invalid, or signature (trusted_keys)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("invalid", "signature"):
+            self.policy_reload_failures.labels(reason=reason)  # both series from the start, at 0
+        self.signatures_required = Gauge(
+            "edge_agent_signatures_required",
+            "1 when trusted_keys is set: the zoo manifest and policy must be signed by a trusted key",
+            registry=r,
         )
         self.attainment = Gauge(
             "edge_agent_slo_attainment", "Share of requests within the SLO over the policy window", registry=r

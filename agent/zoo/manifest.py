@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -179,14 +180,22 @@ def keep_count(budget: float, tokens: int) -> int:
     return max(1, min(tokens, round(budget * tokens)))
 
 
-def load_manifest(path: Path) -> Manifest:
-    """Read and validate a manifest; errors name the file and the field."""
+#: Called on a file's bytes before they are parsed (the daemon's signature check); raises to refuse.
+BytesCheck = Callable[[Path, bytes], None]
+
+
+def load_manifest(path: Path, check: BytesCheck | None = None) -> Manifest:
+    """Read and validate a manifest; errors name the file and the field. With `check` (the
+    signature check), the bytes read are checked before they are parsed: read once, so what is
+    verified is what is used."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise ZooError(f"{path}: cannot read manifest: {exc.strerror or exc}") from exc
+    if check is not None:
+        check(path, data)
     try:
-        return Manifest.model_validate_json(text)
+        return Manifest.model_validate_json(data)
     except ValidationError as exc:
         raise ZooError(f"{path}: invalid manifest at {validation_message(exc, '(root)')}") from exc
 

@@ -13,7 +13,16 @@ import structlog
 from numpy.typing import NDArray
 
 from agent.errors import InferenceFailed, ZooError
-from agent.zoo.manifest import MANIFEST_NAME, Manifest, Preprocess, TensorSpec, Variant, keep_count, load_manifest
+from agent.zoo.manifest import (
+    MANIFEST_NAME,
+    BytesCheck,
+    Manifest,
+    Preprocess,
+    TensorSpec,
+    Variant,
+    keep_count,
+    load_manifest,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -209,9 +218,12 @@ def open_zoo(
     zoo_dir: Path,
     settings: SessionSettings | None = None,
     names: list[str] | None = None,
+    check: BytesCheck | None = None,
 ) -> Zoo:
-    """Open every (or the named) variant; a variant that fails is recorded, not fatal."""
-    manifest = load_manifest(zoo_dir / MANIFEST_NAME)
+    """Open every (or the named) variant; a variant that fails is recorded, not fatal. `check`
+    (the daemon's signature check) sees the manifest's bytes before they are parsed; it raises
+    to refuse the whole zoo."""
+    manifest = load_manifest(zoo_dir / MANIFEST_NAME, check)
     zoo = Zoo(zoo_dir, manifest)
     for spec in manifest.variants:
         if names is not None and spec.name not in names:
