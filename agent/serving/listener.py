@@ -1,13 +1,16 @@
-"""The listening Unix socket: from systemd (LISTEN_FDS) or bound here, never stolen."""
+"""The listening sockets: the API's Unix socket, from systemd (LISTEN_FDS) or bound here, never
+stolen; and the optional TCP socket of the metrics listener."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import stat
 from pathlib import Path
 
+from agent.address import ListenAddress
 from agent.errors import AgentError
 from agent.private_files import private_dir
 
@@ -85,3 +88,32 @@ def remove_socket(path: Path, identity: tuple[int, int]) -> None:
     with contextlib.suppress(OSError):
         if socket_identity(path) == identity:
             path.unlink()
+
+
+def bind_tcp(address: ListenAddress) -> socket.socket:
+    """A listening TCP socket on `address`. SO_REUSEADDR (as every server sets it) lets a restart
+    bind while the last run's connections linger in TIME_WAIT; a port another process listens on
+    is still refused, and said so. An IPv6 socket serves IPv6 only, so `[::]` and `0.0.0.0` mean
+    what they say."""
+    family = socket.AF_INET6 if address.ipv6 else socket.AF_INET
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        hint = ""
+        if exc.errno in (errno.EAFNOSUPPORT, errno.EPERM, errno.EACCES):
+            hint = " (the edge-agent unit allows IP only with its metrics drop-in; see docs/fleet.md)"
+        raise AgentError(f"cannot listen for metrics on {address}: {exc.strerror}{hint}") from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if address.ipv6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address.host, address.port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:
+            hint = " (another process listens there; choose another metrics_listen port)"
+        raise AgentError(f"cannot listen for metrics on {address}: {exc.strerror}{hint}") from exc
+    sock.set_inheritable(False)
+    return sock
