@@ -24,7 +24,7 @@ import uvloop
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import Counter
 
-from agent.address import parse_listen_address
+from agent.address import ListenAddress, parse_listen_address
 from agent.daemon import sdnotify
 from agent.daemon.adaptive import AdaptiveLoop
 from agent.daemon.logs import configure_logging
@@ -34,7 +34,7 @@ from agent.paths import POLICY_NAME, state_dir
 from agent.policy.store import ReloadResult
 from agent.serving.app import create_app
 from agent.serving.codec import MMAP_THRESHOLD_BYTES, fix_mmap_threshold
-from agent.serving.listener import bind_tcp, bind_unix, remove_socket, socket_identity, systemd_socket
+from agent.serving.listener import bind_tcp, bind_unix, remove_socket, socket_identity, systemd_sockets
 from agent.serving.metrics import Metrics
 from agent.serving.metrics_app import PATHS as METRICS_PATHS
 from agent.serving.metrics_app import create_metrics_app
@@ -361,12 +361,20 @@ class Daemon:
             proxy_headers=False,  # no proxy is trusted: the peer's address is what it is
         )
 
-    def _bind_metrics(self) -> socket.socket | None:
-        address = self.settings.metrics_listen
-        return None if address is None else bind_tcp(parse_listen_address(address))
+    def _metrics_socket(self, activated: socket.socket | None) -> socket.socket | None:
+        """The metrics listener's socket: systemd's (edge-agent-metrics.socket, so the service
+        itself needs no network) or bound here on `metrics_listen`; None when neither is set."""
+        wanted = self.settings.metrics_listen
+        if activated is None:
+            return None if wanted is None else bind_tcp(parse_listen_address(wanted))
+        got = str(ListenAddress(*activated.getsockname()[:2]))
+        if wanted is not None and wanted != got:
+            log.warning("metrics_listen_overridden", setting=wanted, socket_activated=got)
+        return activated
 
     def _metrics_listening(self) -> None:
-        log.info("metrics_listening", address=self.settings.metrics_listen, paths=list(METRICS_PATHS))
+        assert self.state is not None
+        log.info("metrics_listening", address=self.state.metrics_address, paths=list(METRICS_PATHS))
 
     def run(self) -> int:
         s = self.settings
@@ -375,11 +383,13 @@ class Daemon:
         raise_fd_limit()
         log.info("mmap_threshold", fixed=fix_mmap_threshold(), bytes=MMAP_THRESHOLD_BYTES)
         try:
-            activated = systemd_socket()
+            activated = systemd_sockets()
             self.state = self._load()
-            metrics_sock = self._bind_metrics()
-            if activated is not None:
-                sock = activated
+            metrics_sock = self._metrics_socket(activated.metrics)
+            if metrics_sock is not None:
+                self.state.metrics_address = str(ListenAddress(*metrics_sock.getsockname()[:2]))
+            if activated.api is not None:
+                sock = activated.api
                 log.info("socket_activated", fd=sock.fileno())
             else:
                 sock = bind_unix(s.socket, s.socket_mode)

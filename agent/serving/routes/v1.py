@@ -210,7 +210,7 @@ def status_body(state: AppState) -> dict[str, Any]:
         "decode": {"span_s": STATUS_WINDOW_S, **runner.decode_window.stats(runner.clock.monotonic(), STATUS_WINDOW_S)},
         "zoo": str(zoo.directory),
         "socket": str(settings.socket),
-        "metrics_listen": settings.metrics_listen,
+        "metrics_listen": state.metrics_address,
         "last_error": state.last_error,
     }
     if state.extra_status:
