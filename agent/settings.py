@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from agent.address import parse_listen_address
 from agent.errors import AgentError, validation_message
 from agent.paths import daemon_policy_path, default_socket, default_zoo_dir
 
@@ -33,6 +35,11 @@ class Settings(BaseSettings):
 
     socket: Path = Field(default_factory=default_socket)
     socket_mode: int = 0o660
+    metrics_listen: str | None = Field(
+        default=None,
+        description="HOST:PORT on which read-only GET /metrics and /v2/health/* are also served over TCP "
+        "(for a fleet's Prometheus); off when unset",
+    )
     zoo: Path = Field(default_factory=default_zoo_dir)
     policy: Path = Field(
         default_factory=daemon_policy_path,
@@ -82,6 +89,16 @@ class Settings(BaseSettings):
     telemetry_trace: Path | None = Field(default=None, description="JSONL trace to replay (source 'trace')")
     sysfs_root: Path = Path("/sys")
     telemetry_interval_s: float = Field(default=1.0, gt=0, description="Seconds between telemetry readings")
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _listen_address(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            return str(parse_listen_address(value))
+        except AgentError as exc:
+            raise PydanticCustomError("listen_address", "{reason}", {"reason": exc.message}) from None
 
     @model_validator(mode="after")
     def _threads(self) -> Settings:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -172,7 +173,8 @@ def _probe(spec: SandboxSpec) -> None:
 
 def sandbox_exec(argv: list[str]) -> None:
     """Child process: load the unit's seccomp side, probe it, then exec the command in argv
-    (after `--`). With EDGE_TEST_LISTEN_FD set, pass that socket as fd 3 like systemd does."""
+    (after `--`). With EDGE_TEST_LISTEN_FD set ("fd" or "fd,fd"), pass those sockets as fds 3, 4
+    like systemd does."""
     spec: SandboxSpec = json.loads(Path(argv[0]).read_text())
     command = argv[argv.index("--") + 1 :]
     listen_fd = os.environ.pop("EDGE_TEST_LISTEN_FD", None)
@@ -181,6 +183,11 @@ def sandbox_exec(argv: list[str]) -> None:
     _load_seccomp(spec)
     _probe(spec)
     if listen_fd is not None:
-        os.dup2(int(listen_fd), 3)
-        os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))
+        # "fd[,fd...]" become fds 3, 4, ... as systemd passes them (moved out of the way first,
+        # so a source that is itself 3 or 4 is not overwritten before it is copied).
+        high = [fcntl.fcntl(int(fd), fcntl.F_DUPFD, 100) for fd in listen_fd.split(",")]
+        for target, fd in enumerate(high, start=3):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.environ.update(LISTEN_FDS=str(len(high)), LISTEN_PID=str(os.getpid()))
     os.execv(command[0], command)

@@ -19,12 +19,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from agent.cli.systemd_units import (
     CONFIG_FILE,
+    METRICS_SOCKET,
     POLICY_FILE,
     SERVICE,
     SOCKET,
@@ -42,7 +44,7 @@ from tests.sandbox import ANALYZE, LIBSECCOMP, directives, sandbox_spec
 
 REPO = Path(__file__).resolve().parent.parent
 needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
-UNITS = (SERVICE, SOCKET)
+UNITS = (SERVICE, SOCKET, METRICS_SOCKET)
 
 
 # -- reading unit files -----------------------------------------------------------------------
@@ -127,6 +129,9 @@ def test_install_with_enable_links_the_units_like_systemctl_enable(prefix: Path)
     wants = prefix / "etc/systemd/system"
     assert os.readlink(wants / "multi-user.target.wants" / SERVICE) == f"/etc/systemd/system/{SERVICE}"
     assert os.readlink(wants / "sockets.target.wants" / SOCKET) == f"/etc/systemd/system/{SOCKET}"
+    # The metrics listener is installed but left for the operator to enable (opt-in).
+    assert (prefix / unit_file(METRICS_SOCKET).target).is_file()
+    assert not (wants / "sockets.target.wants" / METRICS_SOCKET).exists()
 
 
 @pytest.mark.daemon
@@ -295,12 +300,14 @@ def test_verify_check_catches_a_misspelled_directive(service_text: str, socket_t
     assert any("WatchdogSecs" in line for line in problems), (status, problems)
 
 
-def security_exposure(service: Path) -> tuple[float, str]:
-    """`systemd-analyze security --offline=true` of an installed service file: the overall
-    exposure (0 best, 10 worst) and the full report, to show when it is too high."""
+def security_exposure(service: Path | str, root: Path | None = None) -> tuple[float, str]:
+    """`systemd-analyze security --offline=true` of an installed service file (or, with `root`,
+    of the unit by name as systemd would load it below that root, drop-ins and sockets included):
+    the overall exposure (0 best, 10 worst) and the full report, to show when it is too high."""
     assert ANALYZE is not None
+    where = [f"--root={root}"] if root is not None else []
     result = subprocess.run(
-        [ANALYZE, "security", "--offline=true", str(service)], capture_output=True, text=True, timeout=120
+        [ANALYZE, "security", "--offline=true", *where, str(service)], capture_output=True, text=True, timeout=120
     )
     match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", result.stdout)
     assert match, result.stdout + result.stderr
@@ -313,6 +320,50 @@ def test_service_exposure_is_at_most_1(prefix: Path) -> None:
     exposure, report = security_exposure(prefix / unit_file(SERVICE).target)
     print(f"systemd-analyze security: overall exposure {exposure}")
     assert exposure <= 1.0, report
+
+
+@pytest.mark.daemon
+@needs_analyze
+def test_service_exposure_stays_at_most_1_with_the_metrics_listener_enabled(prefix: Path, tmp_path: Path) -> None:
+    """The TCP listener is edge-agent-metrics.socket: systemd makes the socket and filters who may
+    connect, the service inherits it and keeps its sandbox (no network of its own) untouched."""
+    root = tmp_path / "root"
+    shutil.copytree(prefix, root, symlinks=True)
+    for link, target in enable_links((replace(unit_file(METRICS_SOCKET), opt_in=False),)):  # systemctl enable
+        (root / link).parent.mkdir(parents=True, exist_ok=True)
+        (root / link).symlink_to(target)
+    exposure, report = security_exposure(SERVICE, root=root)
+    print(f"systemd-analyze security with {METRICS_SOCKET} enabled: overall exposure {exposure}")
+    assert exposure <= 1.0, report
+    service, metrics = (
+        directives((root / unit_file(SERVICE).target).read_text()),
+        directives((root / unit_file(METRICS_SOCKET).target).read_text()),
+    )
+    assert (service["PrivateNetwork"], service["RestrictAddressFamilies"], service["IPAddressDeny"]) == (
+        ["yes"],
+        ["AF_UNIX"],
+        ["any"],
+    )
+    assert metrics["Service"] == [SERVICE] and metrics["Accept"] == ["no"]
+    assert metrics["IPAddressDeny"] == ["any"] and metrics["IPAddressAllow"] == ["localhost"]
+    [listen] = metrics["ListenStream"]
+    assert listen.isdigit()  # a port: both IPv4 and IPv6, which the daemon serves as one socket
+
+
+@pytest.mark.daemon
+@needs_analyze
+def test_giving_the_service_network_itself_would_cost_more_than_1(prefix: Path, tmp_path: Path) -> None:
+    """Why the listener is a socket unit: the drop-in that would let the service bind TCP itself
+    (network namespace off, IP families allowed, only localhost let in) already scores above 1.0."""
+    root = tmp_path / "root"
+    shutil.copytree(prefix, root, symlinks=True)
+    drop_in = root / unit_file(SERVICE).target.parent / f"{SERVICE}.d" / "network.conf"
+    drop_in.parent.mkdir(parents=True)
+    drop_in.write_text(
+        "[Service]\nPrivateNetwork=no\nRestrictAddressFamilies=AF_INET AF_INET6\nIPAddressAllow=localhost\n"
+    )
+    exposure, report = security_exposure(SERVICE, root=root)
+    assert exposure > 1.0, report
 
 
 # -- the daemon under the unit's seccomp sandbox ---------------------------------------------------
@@ -394,7 +445,7 @@ def short_dir() -> Iterator[Path]:
 
 @pytest.mark.daemon
 @pytest.mark.skipif(ANALYZE is None or LIBSECCOMP is None, reason="needs systemd-analyze and libseccomp")
-@pytest.mark.parametrize("activation", ["bound", "socket"])
+@pytest.mark.parametrize("activation", ["bound", "socket", "socket+metrics"])
 def test_daemon_serves_under_the_units_seccomp_sandbox(
     activation: str, prefix: Path, service_text: str, tiny_zoo: Path, short_dir: Path, tmp_path: Path
 ) -> None:
@@ -429,13 +480,19 @@ def test_daemon_serves_under_the_units_seccomp_sandbox(
         EDGE_AGENT_ORT_THREADS="1",
     )
     pass_fds: tuple[int, ...] = ()
-    listener = None
-    if activation == "socket":  # what edge-agent.socket does: systemd binds, the daemon inherits fd 3
+    listener = metrics = None
+    if activation.startswith("socket"):  # what edge-agent.socket does: systemd binds, the daemon inherits fd 3
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(str(sock_path))
         listener.listen(16)
-        env["EDGE_TEST_LISTEN_FD"] = str(listener.fileno())
         pass_fds = (listener.fileno(),)
+    if activation == "socket+metrics":  # ... and edge-agent-metrics.socket: a TCP socket as fd 4
+        metrics = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        metrics.bind(("127.0.0.1", 0))
+        metrics.listen(16)
+        pass_fds += (metrics.fileno(),)
+    if pass_fds:
+        env["EDGE_TEST_LISTEN_FD"] = ",".join(map(str, pass_fds))
     child = "import sys; from tests.sandbox import sandbox_exec; sandbox_exec(sys.argv[1:])"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -454,6 +511,16 @@ def test_daemon_serves_under_the_units_seccomp_sandbox(
         with Client(sock_path) as client:
             policy = client.status()["policy"]
         assert (policy["source"], policy["last_error"]) == (str(config_dir / POLICY_NAME), None)
+        if metrics is not None:
+            # Served on the inherited TCP socket although the filter lets the daemon make none.
+            import httpx
+
+            host, port = metrics.getsockname()
+            with Client(sock_path) as client:
+                assert client.status()["metrics_listen"] == f"{host}:{port}"
+            scraped = httpx.get(f"http://{host}:{port}/metrics", timeout=10)
+            assert scraped.status_code == 200 and "edge_agent_ready 1.0" in scraped.text
+            assert httpx.get(f"http://{host}:{port}/v1/status", timeout=10).status_code == 404
         notify.expect("WATCHDOG=1", proc, log, timeout=10)
         proc.send_signal(signal.SIGHUP)
         notify.expect("RELOADING=1", proc, log, timeout=30)
@@ -465,7 +532,8 @@ def test_daemon_serves_under_the_units_seccomp_sandbox(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        if listener is not None:
-            listener.close()
+        for held in (listener, metrics):
+            if held is not None:
+                held.close()
     # Its own socket the daemon removes; systemd's (socket activation) it must leave alone.
-    assert sock_path.exists() == (activation == "socket")
+    assert sock_path.exists() == activation.startswith("socket")

@@ -222,9 +222,10 @@ def render_status(st: Mapping[str, Any], now: float, socket: str) -> RenderableT
     """The `GET /v1/status` answer as sections: configuration and why, SLO and attainment,
     requests, telemetry, policy, variants and their health, recent switches."""
     state = "draining" if st.get("draining") else "ready" if st.get("ready") else "not ready"
-    header = Text.assemble(
-        (f"edge-agent {st['version']}", "bold"), f": {state}, up {span(st['uptime_s'])}\non {socket}"
-    )
+    where = f"on {socket}"
+    if st.get("metrics_listen"):
+        where += f"\nmetrics on http://{st['metrics_listen']}/metrics (read-only)"
+    header = Text.assemble((f"edge-agent {st['version']}", "bold"), f": {state}, up {span(st['uptime_s'])}\n{where}")
     parts: list[RenderableType] = [header, _configuration(st, now)]
     if "slo" in st:
         parts.append(_slo(st["slo"], st["window"]))

@@ -17,6 +17,7 @@ from rich.markup import escape
 
 from agent.cli.systemd_units import (
     CONFIG_FILE,
+    METRICS_SOCKET,
     POLICY_FILE,
     SERVICE,
     SOCKET,
@@ -87,7 +88,9 @@ def _config_text() -> str:
 
 @app.command("render")
 def render_unit(
-    unit: Annotated[str, typer.Argument(help="service, socket, sysusers, config or policy")] = "service",
+    unit: Annotated[
+        str, typer.Argument(help="service, socket, metrics-socket, sysusers, config or policy")
+    ] = "service",
     templates: TemplatesOpt = None,
 ) -> None:
     """Print a file `install` writes to stdout (default: the service unit, ExecStart= set to this venv)."""
@@ -98,9 +101,9 @@ def render_unit(
         typer.echo(_policy_text(), nl=False)
         return
     try:
-        chosen = unit_file(f"edge-agent.{unit}")
+        chosen = unit_file(METRICS_SOCKET if unit == "metrics-socket" else f"edge-agent.{unit}")
     except KeyError:
-        _fail(f"unknown file {unit!r}; choose service, socket, sysusers, config or policy")
+        _fail(f"unknown file {unit!r}; choose service, socket, metrics-socket, sysusers, config or policy")
     typer.echo(_rendered(chosen, _templates(templates)), nl=False)
 
 
@@ -192,6 +195,10 @@ def _next_steps(prefix: Path, enable: bool) -> None:
         markup=False,
     )
     console.print("clients: usermod -aG edge-agent USER   (members of group edge-agent may use the socket)")
+    console.print(
+        f"fleet metrics (opt-in): systemctl enable --now {METRICS_SOCKET} && systemctl restart {SERVICE}"
+        "   (read-only /metrics over TCP; see docs/fleet.md)"
+    )
 
 
 @app.command()

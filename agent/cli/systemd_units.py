@@ -22,6 +22,8 @@ EXEC_PLACEHOLDER = "@EXEC@"
 ENTRY_POINT = "edge-agent"
 SERVICE = "edge-agent.service"
 SOCKET = "edge-agent.socket"
+#: The opt-in TCP metrics listener (socket activation, so the service itself keeps no network).
+METRICS_SOCKET = "edge-agent-metrics.socket"
 SYSUSERS = "edge-agent.sysusers"
 #: The daemon's default socket under the unit ($RUNTIME_DIRECTORY with RuntimeDirectory=edge-agent),
 #: which edge-agent.socket's ListenStream= must name.
@@ -48,6 +50,8 @@ class UnitFile:
     target: PurePosixPath
     #: The [Install] WantedBy= target, for the symlink `systemctl enable` makes; None: not enabled.
     wanted_by: str | None = None
+    #: Installed, but enabled only by the operator (`install --enable` leaves it alone).
+    opt_in: bool = False
 
 
 # Local admin files, hence /etc (never /usr, which a package manager owns and which may be
@@ -55,6 +59,7 @@ class UnitFile:
 UNIT_FILES: tuple[UnitFile, ...] = (
     UnitFile(SERVICE, PurePosixPath("etc/systemd/system") / SERVICE, "multi-user.target"),
     UnitFile(SOCKET, PurePosixPath("etc/systemd/system") / SOCKET, "sockets.target"),
+    UnitFile(METRICS_SOCKET, PurePosixPath("etc/systemd/system") / METRICS_SOCKET, "sockets.target", opt_in=True),
     UnitFile(SYSUSERS, PurePosixPath("etc/sysusers.d/edge-agent.conf")),
 )
 
@@ -64,6 +69,7 @@ _UNIT_NOTES = {
     "state_dir": "Under systemd: /var/lib/edge-agent (StateDirectory=), the only persistent place it may write.",
     "zoo": "Default: the model_zoo installed with the package. Must be readable by user edge-agent.",
     "policy": "Under systemd: $CONFIGURATION_DIRECTORY/policy.yaml, which the installer writes (never overwriting it).",
+    "metrics_listen": "Under systemd, enable edge-agent-metrics.socket instead: the service has no network of its own.",
     "drain_timeout_s": "Keep below the unit's TimeoutStopSec=30s, or raise that in a drop-in too.",
     "trusted_keys": "e.g. [/etc/edge-agent/keys/ops.pub]; each must be readable by user edge-agent.",
 }
@@ -121,7 +127,7 @@ def enable_links(units: tuple[UnitFile, ...] = UNIT_FILES) -> list[tuple[PurePos
     from [Install] WantedBy=, so an image can be built with the units enabled but no systemd running."""
     links = []
     for unit in units:
-        if unit.wanted_by is None:
+        if unit.wanted_by is None or unit.opt_in:
             continue
         wants = unit.target.parent / f"{unit.wanted_by}.wants" / unit.target.name
         links.append((wants, PurePosixPath("/") / unit.target))

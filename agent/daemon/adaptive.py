@@ -82,6 +82,8 @@ class AdaptiveLoop:
         self.options = self._options()
         self.on_decision: list[Callable[[Decision], None]] = []
         metrics.registry.register(HealthCollector(runner.health, runner.zoo.variants))
+        # Read at scrape time, so it cannot disagree with status's policy.last_error.
+        metrics.policy_refused.set_function(lambda: float(self.store.last_error is not None))
 
     def _options(self) -> list[Option]:
         """The configurations to choose from, timed by this device's profile where there is one
@@ -253,6 +255,8 @@ class AdaptiveLoop:
         self.metrics.overhead.set(decision.overhead_ms / 1000)
         self.metrics.decode_term.set(decision.decode_ms / 1000)
         self.metrics.slo_ms.set(decision.slo_ms)
+        self.metrics.slo_target.set(decision.percentile / 100)
+        self.metrics.last_decision.set(time.time())
         attainment = self.runner.window.attainment(now, decision.slo_ms, policy.slo.window_s)
         if attainment is not None:
             self.metrics.attainment.set(attainment)

@@ -24,6 +24,7 @@ import uvloop
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import Counter
 
+from agent.address import ListenAddress, parse_listen_address
 from agent.daemon import sdnotify
 from agent.daemon.adaptive import AdaptiveLoop
 from agent.daemon.logs import configure_logging
@@ -33,8 +34,10 @@ from agent.paths import POLICY_NAME, state_dir
 from agent.policy.store import ReloadResult
 from agent.serving.app import create_app
 from agent.serving.codec import MMAP_THRESHOLD_BYTES, fix_mmap_threshold
-from agent.serving.listener import bind_unix, remove_socket, socket_identity, systemd_socket
+from agent.serving.listener import bind_tcp, bind_unix, remove_socket, socket_identity, systemd_sockets
 from agent.serving.metrics import Metrics
+from agent.serving.metrics_app import PATHS as METRICS_PATHS
+from agent.serving.metrics_app import create_metrics_app
 from agent.serving.priority import BASE_NICE, set_thread_nice
 from agent.serving.protocol import ConnectionLimits, RequestLimit, protocol_class
 from agent.serving.runner import Runner
@@ -46,6 +49,10 @@ from agent.values import Config, Switch
 from agent.zoo.sessions import SessionSettings, open_zoo, recheck_files
 
 log = structlog.get_logger(__name__)
+
+#: Requests the TCP metrics listener handles at once (its handlers take microseconds; a few
+#: scrapers and probes need a handful); more get 503.
+METRICS_CONCURRENCY = 16
 
 
 class _Server(uvicorn.Server):
@@ -81,6 +88,7 @@ class Daemon:
             registry=self.metrics.registry,
         )
         self.server: _Server | None = None
+        self.metrics_server: _Server | None = None  # the TCP listener of `metrics_listen`, if set
         self.state: AppState | None = None
         self.adaptive: AdaptiveLoop | None = None
         self._stop_signal: int | None = None
@@ -245,6 +253,8 @@ class Daemon:
             return
         if self.server.should_exit and signum == signal.SIGINT:
             self.server.force_exit = True
+            if self.metrics_server is not None:
+                self.metrics_server.force_exit = True
             return
         self._stop_signal = signum
         self.server.should_exit = True
@@ -286,7 +296,7 @@ class Daemon:
             jobs.append(("watchdog", watchdog, interval))
         return jobs
 
-    async def _serve(self, sock: socket.socket) -> None:
+    async def _serve(self, sock: socket.socket, metrics_sock: socket.socket | None) -> None:
         loop = asyncio.get_running_loop()
         boost = self.settings.loop_priority
         if boost and set_thread_nice(BASE_NICE - boost):
@@ -300,12 +310,19 @@ class Daemon:
             scheduler.add_job(func, "interval", seconds=seconds, id=job_id, max_instances=1, coalesce=True)
         scheduler.start()
         reloader = asyncio.create_task(self._reloader())
+        metrics = None
+        if self.metrics_server is not None and metrics_sock is not None:
+            metrics = asyncio.create_task(self.metrics_server.serve(sockets=[metrics_sock]))
         try:
             assert self.server is not None
             await self.server.serve(sockets=[sock])
         finally:
             reloader.cancel()
             scheduler.shutdown(wait=False)
+            if metrics is not None and self.metrics_server is not None:
+                # Kept until the drain is over, so a scrape sees edge_agent_ready 0 meanwhile.
+                self.metrics_server.should_exit = True
+                await metrics
 
     async def _reloader(self) -> None:
         """Runs a reload each time SIGHUP has set the flag (several signals meanwhile: one reload)."""
@@ -317,17 +334,21 @@ class Daemon:
             except Exception:
                 log.exception("reload_failed")
 
-    def _uvicorn_config(self, state: AppState) -> uvicorn.Config:
-        """The requests handled at once are bounded here rather than by uvicorn's
-        limit_concurrency, which also counts idle connections (see agent/serving/protocol.py)."""
+    def _connection_limits(self) -> ConnectionLimits:
         s = self.settings
-        limits = ConnectionLimits(
+        return ConnectionLimits(
             idle_s=s.idle_timeout_s,
             header_s=s.header_timeout_s,
             body_s=s.body_timeout_s,
             max_header_bytes=s.max_header_bytes,
             on_timeout=lambda phase: self.connection_timeouts.labels(phase=phase).inc(),
         )
+
+    def _uvicorn_config(self, state: AppState) -> uvicorn.Config:
+        """The requests handled at once are bounded here rather than by uvicorn's
+        limit_concurrency, which also counts idle connections (see agent/serving/protocol.py)."""
+        s = self.settings
+        limits = self._connection_limits()
         refused = self.metrics.shed.labels(reason="concurrency")
         return uvicorn.Config(
             RequestLimit(create_app(state), s.queue_size + s.workers + 256, refused.inc),
@@ -340,29 +361,69 @@ class Daemon:
             proxy_headers=False,  # a Unix socket has no proxy in front and no client address to rewrite
         )
 
+    def _metrics_config(self, state: AppState) -> uvicorn.Config:
+        """The TCP metrics listener: the same protocol and phase deadlines as the Unix socket
+        (a slow or garbage-sending client is cut off alike), a small bound on requests at once,
+        a short graceful shutdown (a scrape takes milliseconds)."""
+        limits = self._connection_limits()
+        refused = self.metrics.shed.labels(reason="concurrency")
+        return uvicorn.Config(
+            RequestLimit(create_metrics_app(state), METRICS_CONCURRENCY, refused.inc),
+            http=protocol_class(limits),
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=1,
+            server_header=False,
+            proxy_headers=False,  # no proxy is trusted: the peer's address is what it is
+        )
+
+    def _metrics_socket(self, activated: socket.socket | None) -> socket.socket | None:
+        """The metrics listener's socket: systemd's (edge-agent-metrics.socket, so the service
+        itself needs no network) or bound here on `metrics_listen`; None when neither is set."""
+        wanted = self.settings.metrics_listen
+        if activated is None:
+            return None if wanted is None else bind_tcp(parse_listen_address(wanted))
+        got = str(ListenAddress(*activated.getsockname()[:2]))
+        if wanted is not None and wanted != got:
+            log.warning("metrics_listen_overridden", setting=wanted, socket_activated=got)
+        return activated
+
+    def _metrics_listening(self) -> None:
+        assert self.state is not None
+        log.info("metrics_listening", address=self.state.metrics_address, paths=list(METRICS_PATHS))
+
     def run(self) -> int:
         s = self.settings
         identity: tuple[int, int] | None = None
+        metrics_sock: socket.socket | None = None
         raise_fd_limit()
         log.info("mmap_threshold", fixed=fix_mmap_threshold(), bytes=MMAP_THRESHOLD_BYTES)
         try:
-            activated = systemd_socket()
+            activated = systemd_sockets()
             self.state = self._load()
-            if activated is not None:
-                sock = activated
+            metrics_sock = self._metrics_socket(activated.metrics)
+            if metrics_sock is not None:
+                self.state.metrics_address = str(ListenAddress(*metrics_sock.getsockname()[:2]))
+            if activated.api is not None:
+                sock = activated.api
                 log.info("socket_activated", fd=sock.fileno())
             else:
                 sock = bind_unix(s.socket, s.socket_mode)
                 identity = socket_identity(s.socket)
         except AgentError as exc:
+            if metrics_sock is not None:
+                metrics_sock.close()
             log.error("start_failed", error=exc.message)
             sdnotify.notify(f"STATUS=failed: {exc.message}")
             return 1
         self.server = _Server(self._uvicorn_config(self.state), self._on_listening)
+        if metrics_sock is not None:
+            self.metrics_server = _Server(self._metrics_config(self.state), self._metrics_listening)
         try:
             # uvicorn.Config(loop=...) only applies inside uvicorn.run(); the loop is chosen here.
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:
-                loop_runner.run(self._serve(sock))
+                loop_runner.run(self._serve(sock, metrics_sock))
         finally:
             self.state.runner.close(wait=True)
             if identity is not None:

@@ -1,39 +1,60 @@
-"""The listening Unix socket: from systemd (LISTEN_FDS) or bound here, never stolen."""
+"""The listening sockets: the API's Unix socket and the optional TCP socket of the metrics
+listener, each from systemd (LISTEN_FDS) or bound here; a live socket is never stolen."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
+from agent.address import ListenAddress
 from agent.errors import AgentError
 from agent.private_files import private_dir
 
 SD_LISTEN_FDS_START = 3
 
 
-def systemd_socket() -> socket.socket | None:
-    """The first socket systemd passed (socket activation), if it was meant for us."""
+@dataclass(frozen=True)
+class Activated:
+    """The sockets systemd passed (socket activation): the API's Unix socket (edge-agent.socket)
+    and the metrics listener's TCP socket (edge-agent-metrics.socket); either may be absent."""
+
+    api: socket.socket | None = None
+    metrics: socket.socket | None = None
+
+
+def systemd_sockets() -> Activated:
+    """The listening sockets systemd passed, if they were meant for us, told apart by family: a
+    Unix one is the API, an IP one the metrics listener. Anything else is refused, not guessed."""
     if os.environ.get("LISTEN_PID") != str(os.getpid()):
-        return None
+        return Activated()
     try:
         count = int(os.environ.get("LISTEN_FDS", "0"))
     except ValueError:
-        return None
+        return Activated()
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(name, None)
-    if count < 1:
-        return None
-    try:
-        if not stat.S_ISSOCK(os.fstat(SD_LISTEN_FDS_START).st_mode):
-            raise AgentError(f"LISTEN_FDS={count} but fd {SD_LISTEN_FDS_START} is not a socket")
-    except OSError as exc:
-        raise AgentError(f"LISTEN_FDS={count} but fd {SD_LISTEN_FDS_START} is unusable: {exc.strerror}") from exc
-    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
-    sock.set_inheritable(False)
-    return sock
+    found: dict[str, socket.socket] = {}
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + max(0, count)):
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                raise AgentError(f"LISTEN_FDS={count} but fd {fd} is not a socket")
+        except OSError as exc:
+            raise AgentError(f"LISTEN_FDS={count} but fd {fd} is unusable: {exc.strerror}") from exc
+        sock = socket.socket(fileno=fd)
+        sock.set_inheritable(False)
+        role = {socket.AF_UNIX: "api", socket.AF_INET: "metrics", socket.AF_INET6: "metrics"}.get(sock.family)
+        if role is None or role in found or sock.type != socket.SOCK_STREAM:
+            raise AgentError(
+                f"LISTEN_FDS: fd {fd} (family {sock.family!s}, type {sock.type!s}) is not wanted: edge-agent "
+                "takes one Unix stream socket (the API) and at most one TCP socket (metrics)"
+            )
+        found[role] = sock
+    return Activated(**found)
 
 
 def _in_use(path: Path) -> bool:
@@ -85,3 +106,32 @@ def remove_socket(path: Path, identity: tuple[int, int]) -> None:
     with contextlib.suppress(OSError):
         if socket_identity(path) == identity:
             path.unlink()
+
+
+def bind_tcp(address: ListenAddress) -> socket.socket:
+    """A listening TCP socket on `address`. SO_REUSEADDR (as every server sets it) lets a restart
+    bind while the last run's connections linger in TIME_WAIT; a port another process listens on
+    is still refused, and said so. An IPv6 socket serves IPv6 only, so `[::]` and `0.0.0.0` mean
+    what they say."""
+    family = socket.AF_INET6 if address.ipv6 else socket.AF_INET
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        hint = ""
+        if exc.errno in (errno.EAFNOSUPPORT, errno.EPERM, errno.EACCES):
+            hint = " (the edge-agent unit has no network: enable edge-agent-metrics.socket instead; docs/fleet.md)"
+        raise AgentError(f"cannot listen for metrics on {address}: {exc.strerror}{hint}") from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if address.ipv6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address.host, address.port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:
+            hint = " (another process listens there; choose another metrics_listen port)"
+        raise AgentError(f"cannot listen for metrics on {address}: {exc.strerror}{hint}") from exc
+    sock.set_inheritable(False)
+    return sock

@@ -62,6 +62,21 @@ class Metrics:
             "edge_agent_slo_attainment", "Share of requests within the SLO over the policy window", registry=r
         )
         self.slo_ms = Gauge("edge_agent_slo_latency_ms", "The latency SLO in force, ms", registry=r)
+        self.slo_target = Gauge(
+            "edge_agent_slo_target",
+            "Share of requests the SLO wants within its latency: the policy's percentile / 100 (attainment's target)",
+            registry=r,
+        )
+        self.last_decision = Gauge(
+            "edge_agent_controller_last_decision_timestamp_seconds",
+            "Wall-clock time of the controller's last decision (kept or switched), Unix seconds",
+            registry=r,
+        )
+        self.policy_refused = Gauge(
+            "edge_agent_policy_refused",
+            "1 while the policy file on disk is refused and the last good policy stays in force",
+            registry=r,
+        )
         self.slowdown = Gauge(
             "edge_agent_controller_slowdown",
             "Estimated factor by which the models run slower than profiled (latency model)",

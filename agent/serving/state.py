@@ -26,6 +26,8 @@ class AppState:
     draining: bool = False
     loop_priority: int = 0  # nice levels the event loop runs above the workers, as granted
     last_error: str | None = None
+    #: HOST:PORT of the TCP metrics listener, as bound (or passed by systemd); None when off.
+    metrics_address: str | None = None
     #: The reload (SIGHUP's work, off the event loop); set by the daemon.
     reload: Callable[[], Awaitable[dict[str, Any]]] | None = None
     #: More of `GET /v1/status` (the adaptive loop's view); set by the daemon.

@@ -36,6 +36,7 @@ from agent.serving.codec import (
     release,
 )
 from agent.serving.envelope import json_response
+from agent.serving.probes import is_ready, metrics_response
 from agent.serving.runner import Outcome, Prepare
 from agent.serving.state import AppState
 from agent.zoo.manifest import Variant
@@ -57,8 +58,7 @@ def register(app: FastAPI, state: AppState) -> None:
 
     @app.get("/metrics")
     async def metrics_route() -> Response:
-        state.metrics.inflight.set(state.runner.inflight)
-        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return metrics_response(state)
 
 
 def declare_classify(app: FastAPI) -> None:
@@ -182,7 +182,7 @@ def status_body(state: AppState) -> dict[str, Any]:
     pin = runner.pin_state
     body: dict[str, Any] = {
         "version": __version__,
-        "ready": state.ready and not state.draining,
+        "ready": is_ready(state),
         "draining": state.draining,
         "uptime_s": round(time.time() - state.started_at, 1),
         "config": {
@@ -210,6 +210,7 @@ def status_body(state: AppState) -> dict[str, Any]:
         "decode": {"span_s": STATUS_WINDOW_S, **runner.decode_window.stats(runner.clock.monotonic(), STATUS_WINDOW_S)},
         "zoo": str(zoo.directory),
         "socket": str(settings.socket),
+        "metrics_listen": state.metrics_address,
         "last_error": state.last_error,
     }
     if state.extra_status:

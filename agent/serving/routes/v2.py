@@ -30,6 +30,7 @@ from agent.serving.api import (
 from agent.serving.body import parse_json, receive_body
 from agent.serving.codec import decode_v2_tensor, encode_v2_output, join_v2_body, split_v2_body
 from agent.serving.envelope import JSON, json_response
+from agent.serving.probes import is_ready, live_response, ready_response
 from agent.serving.runner import Outcome
 from agent.serving.state import AppState
 from agent.values import Config
@@ -87,12 +88,11 @@ def register(app: FastAPI, state: AppState) -> None:
 
     @app.get("/v2/health/live", responses=ERRORS)
     async def v2_live() -> Response:
-        return json_response({"live": True})
+        return live_response()
 
     @app.get("/v2/health/ready", responses=ERRORS)
     async def v2_ready() -> Response:
-        ok = state.ready and not state.draining
-        return json_response({"ready": ok}, 200 if ok else 503)
+        return ready_response(state)
 
     @app.get("/v2/models/{name}", response_model=V2ModelMetadata, responses=ERRORS)
     async def v2_model(name: str) -> Response:
@@ -126,7 +126,7 @@ def model_ready(state: AppState, name: str) -> Response:
     """Ready unless starting, draining, or (a fixed model) its variant is out of service."""
     fixed, _ = target(state, name)
     retired = fixed is not None and state.runner.health.out_of_service(name) is not None
-    ok = state.ready and not state.draining and not retired
+    ok = is_ready(state) and not retired
     return json_response({"name": name, "ready": ok}, 200 if ok else 503)
 
 
