@@ -62,10 +62,10 @@ class AdaptiveLoop:
         self.store = PolicyStore(
             policy_path or default_policy_path(),
             on_failure=[self._policy_failed],
-            clock=time.time,
+            clock=runner.clock.wall,
             known_variants=[v.name for v in runner.zoo.manifest.variants],
         )
-        self.snapshot = Snapshot(time=time.time())
+        self.snapshot = Snapshot(time=runner.clock.wall())
         self.state = ControllerState(config=runner.current, last_switch_at=time.monotonic())
         self.last: Decision | None = None
         self.decisions: deque[dict[str, Any]] = deque(maxlen=20)
@@ -139,7 +139,7 @@ class AdaptiveLoop:
     # -- jobs ------------------------------------------------------------------------------------
 
     def sample_telemetry(self) -> None:
-        self.snapshot = self.telemetry.read(time.time())
+        self.snapshot = self.telemetry.read(self.runner.clock.wall())  # the wall clock: rules read its time of day
         self.metrics.set_telemetry(self.snapshot)
 
     def watch_policy(self) -> None:
@@ -254,7 +254,12 @@ class AdaptiveLoop:
             if not applied and self.runner.pin_state is not None:
                 self.state = ControllerState(config=self.runner.current, latency=self.state.latency, last_switch_at=now)
             self.decisions.append(
-                {"at": time.time(), "config": str(decision.config), "applied": applied, "reason": decision.reason}
+                {
+                    "at": self.runner.clock.wall(),
+                    "config": str(decision.config),
+                    "applied": applied,
+                    "reason": decision.reason,
+                }
             )
             for callback in self.on_decision:
                 callback(decision)

@@ -26,11 +26,13 @@ from prometheus_client import Counter
 
 from agent.daemon import sdnotify
 from agent.daemon.adaptive import AdaptiveLoop
+from agent.daemon.clock import StepWatch, WallClock
 from agent.daemon.logs import configure_logging
 from agent.daemon.pin_file import load_pin, save_pin
 from agent.errors import AgentError
 from agent.paths import POLICY_NAME, state_dir
 from agent.policy.store import ReloadResult
+from agent.serving.admission import Clock
 from agent.serving.app import create_app
 from agent.serving.codec import MMAP_THRESHOLD_BYTES, fix_mmap_threshold
 from agent.serving.listener import bind_unix, remove_socket, socket_identity, systemd_socket
@@ -72,6 +74,8 @@ class Daemon:
         self.settings = settings
         self.config_file = config_file
         self.overrides = overrides or {}
+        self.wall = WallClock(settings.wall_clock_offset_file)
+        self.steps = StepWatch(self.wall)
         self.metrics = Metrics()
         self.connection_timeouts = Counter(
             "edge_agent_connection_timeouts_total",
@@ -100,7 +104,7 @@ class Daemon:
         if initial.variant not in zoo.variants:
             initial = Config(next(iter(zoo.variants)), 1.0)
             log.warning("default_variant_unavailable", wanted=s.default_variant, using=str(initial))
-        runner = Runner(zoo, initial, s.workers, s.queue_size, s.window_s)
+        runner = Runner(zoo, initial, s.workers, s.queue_size, s.window_s, Clock(wall=self.wall))
         sdnotify.notify("STATUS=warming up")
         started = time.perf_counter()
         runner.warm_up(s.warmup_runs)
@@ -125,9 +129,13 @@ class Daemon:
         self.adaptive.sample_telemetry()
         state = AppState(settings=s, zoo=zoo, runner=runner, metrics=self.metrics)
         state.reload = self.reload
-        state.extra_status = self.adaptive.status
+        state.extra_status = self._status
         self._restore_pin(runner)
         return state
+
+    def _status(self) -> dict[str, Any]:
+        assert self.adaptive is not None
+        return {**self.adaptive.status(), "clock": self.steps.status()}
 
     def _switched(self, record: Switch) -> None:
         self.metrics.switches.inc()
@@ -147,7 +155,7 @@ class Daemon:
 
     def _restore_pin(self, runner: Runner) -> None:
         pin = load_pin(self._pin_file())
-        if pin is not None and pin.until > time.time() and runner.restore_pin(pin):
+        if pin is not None and pin.until > self.wall() and runner.restore_pin(pin):
             log.info("pin_restored", config=str(pin.config), until=pin.until)
 
     # -- reload (SIGHUP, POST /v1/policy/reload) ------------------------------------------------------
@@ -253,7 +261,9 @@ class Daemon:
             adaptive.watch_policy()
 
         async def pin_expiry() -> None:
-            runner.expire_pin(time.time())
+            if self.steps.check() is not None:
+                runner.restate_pin()  # same time left; pin.json says `until` on the new wall clock
+            runner.expire_pin()
 
         async def watchdog() -> None:
             sdnotify.notify("WATCHDOG=1")
