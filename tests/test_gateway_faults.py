@@ -8,15 +8,25 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import random
+import signal
+import stat
+import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from agent.cli.zoo import _write_state
 from agent.client import Client, ClientError
+from agent.daemon.pin_file import load_pin, save_pin
+from agent.paths import Located
+from agent.values import Config, Pin
+from agent.zoo.accuracy_tables import SiteAccuracy, SitePoint, site_table_file
+from agent.zoo.manifest import DeviceProfile, LatencyPoint, LatencyProfile, ProfiledVariant, load_device_profile
 from tests.daemon import DaemonProcess, eventually
 from tests.zoos import NOISE, make_zoo
 
@@ -161,5 +171,263 @@ def test_wall_clock_steps_under_load_move_no_span_and_time_of_day_rules_follow(t
         assert counts["ok"] > 20 and counts["failed"] == 0
         assert metric(metrics, "edge_agent_slo_attainment") == 1.0
         assert d.log().count('"wall_clock_stepped"') == 8
+    finally:
+        assert d.stop() == 0
+
+
+# -- 2. SIGKILL during the write of every file edge-agent writes -----------------------------------
+
+#: Kills per file: each at a random moment of a writer looping over ever newer versions.
+KILLS = 25
+SHA = "0" * 64
+
+
+def pin_version(n: int) -> Pin:
+    return Pin(Config("a", 1.0), float(n), f"maintenance {n} " + "x" * 30_000)  # pin.json stays under 64 KiB
+
+
+def profile_version(n: int) -> str:
+    """About 1 MB, like every version here: a write takes long enough to be interrupted."""
+    points = [LatencyPoint(budget=1.0, threads=t, p50_ms=n + 1.0, p95_ms=n + 2.0) for t in range(1, 9)]
+    profile = LatencyProfile(machine="m", measured_at="t", points=points)
+    variants = {f"v{i}": ProfiledVariant(sha256=SHA, latency=profile) for i in range(20)}
+    return (
+        DeviceProfile(machine=f"version {n} " + "x" * 1_000_000, measured_at="t", variants=variants).model_dump_json(
+            indent=2
+        )
+        + "\n"
+    )
+
+
+def site_version(n: int) -> str:
+    points = [SitePoint(variant=f"v{i}", sha256=SHA, budget=1.0, correct=n, images=n + 1) for i in range(100)]
+    return site_table_file(f"version {n} " + "y" * 1_000_000, ["ok", "scratch"], points)
+
+
+def check_pin(path: Path) -> int:
+    pin = load_pin(path)  # the daemon's own reader: None for a file it cannot use
+    assert pin is not None, "pin.json unusable after the kill"
+    assert pin == pin_version(int(pin.until))
+    return int(pin.until)
+
+
+def check_profile(path: Path) -> int:
+    profile = load_device_profile(path)  # raises ZooError on a torn file
+    assert profile is not None
+    n = int(profile.machine.split()[1])
+    assert path.read_text() == profile_version(n)
+    return n
+
+
+def check_site(path: Path) -> int:
+    site = SiteAccuracy.model_validate_json(path.read_bytes())
+    n = int(site.data.split()[1])
+    assert len(site.points) == 100 and all(p.correct == n and p.images == n + 1 for p in site.points)
+    return n
+
+
+def write_pin(path: Path, n: int) -> None:
+    save_pin(path, pin_version(n))
+
+
+def write_profile(path: Path, n: int) -> None:
+    _write_state(Located(path, "--out"), profile_version(n))  # what `zoo profile` calls
+
+
+def write_site(path: Path, n: int) -> None:
+    _write_state(Located(path, "--state-dir"), site_version(n))  # what `zoo eval --save` calls
+
+
+def naive_write(render: Callable[[int], str]) -> Callable[[Path, int], None]:
+    """A writer that overwrites in place: the control that shows the check sees a torn file."""
+
+    def write(path: Path, n: int) -> None:
+        with path.open("w") as out:
+            out.write(render(n))
+
+    return write
+
+
+def kill_during_writes(
+    path: Path, write: Callable[[Path, int], None], check: Callable[[Path], int]
+) -> tuple[set[int], int]:
+    """SIGKILL a forked writer (versions 1, 2, ... of `path` in a loop) at random moments,
+    `KILLS` times; after each kill the file must pass `check`. The versions found, and how
+    many kills left a file that failed it."""
+    rng = random.Random(19)
+    found: set[int] = set()
+    torn = 0
+    version = 0
+    for _ in range(KILLS):
+        ready_r, ready_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the writer: never returns into pytest
+            try:
+                os.close(ready_r)
+                n = version + 1
+                write(path, n)  # one whole version first, so every kill interrupts a later one
+                os.write(ready_w, b"1")
+                while True:
+                    n += 1
+                    write(path, n)
+            finally:
+                os._exit(1)
+        os.close(ready_w)
+        assert os.read(ready_r, 1) == b"1"
+        os.close(ready_r)
+        time.sleep(rng.uniform(0, 0.05))
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        try:
+            version = check(path)
+            found.add(version)
+        except Exception:
+            torn += 1
+            version += 1_000_000  # versions stay increasing across writers
+    return found, torn
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "check", "render"),
+    [
+        (
+            "pin.json",
+            write_pin,
+            check_pin,
+            lambda n: json.dumps({"config": "a@1", "until": n, "reason": pin_version(n).reason}),
+        ),
+        ("device-profile.json", write_profile, check_profile, profile_version),
+        ("site-accuracy.json", write_site, check_site, site_version),
+    ],
+)
+def test_sigkill_during_a_write_leaves_the_old_or_the_new_file_never_a_torn_one(
+    tmp_path: Path,
+    name: str,
+    write: Callable[[Path, int], None],
+    check: Callable[[Path], int],
+    render: Callable[[int], str],
+) -> None:
+    path = tmp_path / "state" / name
+    path.parent.mkdir(mode=0o750)
+    umask = os.umask(0o077)  # root's umask in a hardened shell: a file the service reads must still be 0644
+    try:
+        found, torn = kill_during_writes(path, write, check)
+    finally:
+        os.umask(umask)
+    assert torn == 0 and len(found) == KILLS  # each kill found a whole file, and a later one each time
+    assert stat.S_IMODE(path.stat().st_mode) == (0o600 if name == "pin.json" else 0o644)
+    leftovers = [f for f in os.listdir(path.parent) if f != name]
+    assert all(f.startswith(f".{name}.") and f.endswith(".tmp") for f in leftovers)  # a killed write's temp file
+
+    control = tmp_path / "naive" / name
+    control.parent.mkdir()
+    control.write_text(render(0))
+    _, naive_torn = kill_during_writes(control, naive_write(render), check)
+    assert naive_torn > 0  # the check does see a torn file when there is one
+
+
+# -- 3. the state directory read-only or full --------------------------------------------------------
+
+
+def mount(*args: str) -> None:
+    """Real mounts, as a gateway's failing flash or full partition gives them (the tests run as root)."""
+    subprocess.run(["mount", *args], check=True, capture_output=True)
+
+
+@contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """`folder` read-only, as the kernel remounts a failing SD card: a read-only bind mount over it."""
+    mount("--bind", str(folder), str(folder))
+    try:
+        mount("-o", "remount,ro,bind", str(folder))
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@contextmanager
+def full(folder: Path) -> Iterator[Path]:
+    """A small tmpfs over `folder`, filled up; yields the file that fills it."""
+    mount("-t", "tmpfs", "-o", "size=1m,mode=0750", "tmpfs", str(folder))
+    try:
+        filler = folder / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            with pytest.raises(OSError, match="No space left"):
+                while True:
+                    os.write(fd, b"\0" * 4096)
+        finally:
+            os.close(fd)
+        yield filler
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def start_plain(tmp_path: Path) -> DaemonProcess:
+    zoo = make_zoo(tmp_path / "zoo", {"a": (0.9, False), "b": (0.8, False)})
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nslo: {percentile: 95, latency_ms: 500, window_s: 5}\n")
+    d = DaemonProcess(
+        tmp_path / "d",
+        args=["--zoo", str(zoo), "--policy", str(policy)],
+        env={"EDGE_AGENT_WARMUP_RUNS": "1", "EDGE_AGENT_POLICY_WATCH_S": "0.2"},
+    )
+    (d.workdir / "state").mkdir(parents=True, mode=0o750)
+    return d.start()
+
+
+def saved_reason(state: Path) -> str:
+    return str(json.loads((state / "pin.json").read_text())["reason"])
+
+
+@pytest.mark.daemon
+def test_read_only_state_dir_keeps_serving_says_so_once_and_saves_when_writable_again(tmp_path: Path) -> None:
+    d = start_plain(tmp_path)
+    state = d.workdir / "state"
+    try:
+        with d.client() as c, load(d.socket_path) as counts:
+            c.pin("b@1", 600, "before")
+            assert saved_reason(state) == "before" and c.status()["state_dir"]["problem"] is None
+            with read_only(state):
+                eventually(lambda: c.status()["state_dir"]["problem"] == "read-only", 10, "the watch sees it")
+                assert metric(c.metrics(), "edge_agent_state_dir_writable") == 0.0
+                assert c.pin("a@1", 600, "during")["config"] == "a@1"  # in force, in memory
+                assert c.status()["state_dir"]["problem"] == "read-only: cannot save pin.json"
+                logged = d.log().count('"state_dir_unwritable"')
+                for i in range(10):  # each tries to save pin.json and fails
+                    c.unpin()
+                    c.pin("a@1", 600, f"during {i}")
+                assert c.status()["config"]["pinned"]["reason"] == "during 9"
+                assert c.classify(NOISE)["variant"] == "a"
+                assert d.log().count('"state_dir_unwritable"') == logged <= 2  # once per problem, not per attempt
+                assert saved_reason(state) == "before"  # the old file, whole
+            eventually(lambda: c.status()["state_dir"]["problem"] is None, 10, "writable again")
+            eventually(lambda: saved_reason(state) == "during 9", 10, "the pin in force saved on recovery")
+            assert metric(c.metrics(), "edge_agent_state_dir_writable") == 1.0
+        assert counts["ok"] > 10 and counts["failed"] == 0
+        assert d.log().count('"state_dir_writable"') == 1
+    finally:
+        assert d.stop() == 0
+
+
+@pytest.mark.daemon
+def test_full_state_dir_keeps_serving_says_so_once_and_saves_when_space_is_back(tmp_path: Path) -> None:
+    d = start_plain(tmp_path)
+    state = d.workdir / "state"
+    try:
+        with d.client() as c, load(d.socket_path) as counts, full(state) as filler:
+            eventually(lambda: c.status()["state_dir"]["problem"] == "disk full", 10, "the watch sees it")
+            for i in range(10):
+                c.pin("b@1", 600, f"full {i}")
+            st = c.status()
+            assert st["state_dir"]["problem"] == "disk full: cannot save pin.json"
+            assert st["config"]["pinned"]["reason"] == "full 9" and c.classify(NOISE)["variant"] == "b"
+            assert d.log().count('"state_dir_unwritable"') <= 2
+            assert sorted(os.listdir(state)) == ["filler"]  # no temp file left behind by the failed writes
+            filler.unlink()
+            eventually(lambda: c.status()["state_dir"]["problem"] is None, 10, "space again")
+            eventually(lambda: saved_reason(state) == "full 9", 10, "the pin in force saved")
+        assert counts["ok"] > 10 and counts["failed"] == 0
     finally:
         assert d.stop() == 0

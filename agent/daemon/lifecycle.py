@@ -22,13 +22,14 @@ import structlog
 import uvicorn
 import uvloop
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from agent.daemon import sdnotify
 from agent.daemon.adaptive import AdaptiveLoop
 from agent.daemon.clock import StepWatch, WallClock
 from agent.daemon.logs import configure_logging
 from agent.daemon.pin_file import load_pin, save_pin
+from agent.daemon.state_dir import StateDir
 from agent.errors import AgentError
 from agent.paths import POLICY_NAME, state_dir
 from agent.policy.store import ReloadResult
@@ -76,6 +77,7 @@ class Daemon:
         self.overrides = overrides or {}
         self.wall = WallClock(settings.wall_clock_offset_file)
         self.steps = StepWatch(self.wall)
+        self.state_dir = StateDir(settings.state_dir or state_dir())
         self.metrics = Metrics()
         self.connection_timeouts = Counter(
             "edge_agent_connection_timeouts_total",
@@ -83,6 +85,11 @@ class Daemon:
             ["phase"],
             registry=self.metrics.registry,
         )
+        Gauge(
+            "edge_agent_state_dir_writable",
+            "1 while the state directory takes the daemon's writes (pin.json); 0: read-only, full or refused",
+            registry=self.metrics.registry,
+        ).set_function(lambda: self.state_dir.problem is None)
         self.server: _Server | None = None
         self.state: AppState | None = None
         self.adaptive: AdaptiveLoop | None = None
@@ -135,7 +142,7 @@ class Daemon:
 
     def _status(self) -> dict[str, Any]:
         assert self.adaptive is not None
-        return {**self.adaptive.status(), "clock": self.steps.status()}
+        return {**self.adaptive.status(), "clock": self.steps.status(), "state_dir": self.state_dir.status()}
 
     def _switched(self, record: Switch) -> None:
         self.metrics.switches.inc()
@@ -147,11 +154,19 @@ class Daemon:
     # -- pin persistence: a maintenance pin survives a restart ------------------------------------
 
     def _pin_file(self) -> Path:
-        return (self.settings.state_dir or state_dir()) / "pin.json"
+        return self.state_dir.path / "pin.json"
 
     def _save_pin(self) -> None:
-        if self.state is not None:
-            save_pin(self._pin_file(), self.state.runner.pin_state)
+        """Persist the pin (or its removal); a failure is the state directory's to report, once."""
+        if self.state is None:
+            return
+        path = self._pin_file()
+        try:
+            save_pin(path, self.state.runner.pin_state)
+        except (OSError, AgentError) as exc:
+            self.state_dir.wrote(path.name, exc)
+        else:
+            self.state_dir.wrote(path.name, None)
 
     def _restore_pin(self, runner: Runner) -> None:
         pin = load_pin(self._pin_file())
@@ -265,6 +280,11 @@ class Daemon:
                 runner.restate_pin()  # same time left; pin.json says `until` on the new wall clock
             runner.expire_pin()
 
+        async def state_watch() -> None:
+            await asyncio.get_running_loop().run_in_executor(None, self.state_dir.check)
+            if self.state_dir.retry:
+                self._save_pin()
+
         async def watchdog() -> None:
             sdnotify.notify("WATCHDOG=1")
 
@@ -273,6 +293,7 @@ class Daemon:
             ("controller_tick", controller_tick, s.controller_interval_s),
             ("policy_watch", policy_watch, s.policy_watch_s),
             ("pin_expiry", pin_expiry, 1.0),
+            ("state_watch", state_watch, s.policy_watch_s),
         ]
         interval = sdnotify.watchdog_interval_s()
         if interval:
