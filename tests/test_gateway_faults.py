@@ -6,6 +6,7 @@ full, and a model file replaced on disk after start."""
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import os
 import random
@@ -21,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
+from agent.cli.status_view import render_status
 from agent.cli.zoo import _write_state
 from agent.client import Client, ClientError
 from agent.daemon.adaptive import AdaptiveLoop
@@ -411,7 +414,11 @@ def test_read_only_state_dir_keeps_serving_says_so_once_and_saves_when_writable_
                 eventually(lambda: c.status()["state_dir"]["problem"] == "read-only", 10, "the watch sees it")
                 assert metric(c.metrics(), "edge_agent_state_dir_writable") == 0.0
                 assert c.pin("a@1", 600, "during")["config"] == "a@1"  # in force, in memory
-                assert c.status()["state_dir"]["problem"] == "read-only: cannot save pin.json"
+                st = c.status()
+                assert st["state_dir"]["problem"] == "read-only: cannot save pin.json"
+                shown = Console(file=io.StringIO(), width=300)
+                shown.print(render_status(st, time.time(), str(d.socket_path)))
+                assert f"state directory {state}: read-only: cannot save pin.json" in shown.file.getvalue()  # type: ignore[attr-defined]
                 logged = d.log().count('"state_dir_unwritable"')
                 for i in range(10):  # each tries to save pin.json and fails
                     c.unpin()
