@@ -18,6 +18,8 @@ from agent.errors import AgentError
 
 #: Owner rwx, group rx: the group may reach the socket, no one else may look in.
 PRIVATE_DIR_MODE = 0o750
+#: A file the service reads that another user (root, through a CLI command) may write.
+SHARED_FILE_MODE = 0o644
 #: A state file is a few hundred bytes of JSON; anything much larger is not ours.
 MAX_STATE_FILE_BYTES = 64 * 1024
 
@@ -51,12 +53,16 @@ def private_dir(path: Path, mode: int = PRIVATE_DIR_MODE) -> None:
         raise UnsafePath(f"{path} is writable by every user (mode {stat.S_IMODE(st.st_mode):o}); chmod o-w it")
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically and durably, mode 0600: a unique temp file (O_EXCL),
-    fsync, rename over `path` (a symlink there is replaced, its target untouched), fsync the folder."""
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write `data` to `path` so that a reader, or a restart after a SIGKILL or a power cut, finds
+    the old file or the new one whole, never a mix: a unique temp file (O_EXCL) given `mode`
+    whatever the umask, fsync, rename over `path` (a symlink there is replaced, its target
+    untouched), fsync the folder. `mode` matters when root writes a file the service must read
+    (0644), or when only the daemon may (0600)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), mode)
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
@@ -70,6 +76,11 @@ def write_private(path: Path, data: bytes) -> None:
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """A state file only the daemon reads: `write_atomic` with mode 0600."""
+    write_atomic(path, data, 0o600)
 
 
 def read_private(path: Path, max_bytes: int = MAX_STATE_FILE_BYTES) -> bytes | None:

@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     telemetry_trace: Path | None = Field(default=None, description="JSONL trace to replay (source 'trace')")
     sysfs_root: Path = Path("/sys")
     telemetry_interval_s: float = Field(default=1.0, gt=0, description="Seconds between telemetry readings")
+    wall_clock_offset_file: Path | None = Field(
+        default=None,
+        description="For tests: a file holding seconds added to the daemon's wall clock (rehearses an NTP step)",
+    )
 
     @field_validator("metrics_listen")
     @classmethod

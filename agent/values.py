@@ -49,7 +49,8 @@ class Switch:
 
 @dataclass(frozen=True)
 class Pin:
-    """A configuration held for maintenance until `until` (wall clock)."""
+    """A configuration held for maintenance until `until` (wall clock: for status and pin.json,
+    which must outlive the process; while the daemon runs, the runner times it monotonically)."""
 
     config: Config
     until: float

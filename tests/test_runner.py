@@ -137,13 +137,33 @@ def test_validate_refuses_unknown_variants_and_budgets_it_does_not_offer(runner:
         runner.validate(Config("a", 0.5))
 
 
-def test_a_pin_holds_until_its_expiry_on_the_wall_clock(runner: Runner, fake: FakeClock) -> None:
+def test_a_pin_holds_for_its_seconds_on_the_monotonic_clock(runner: Runner, fake: FakeClock) -> None:
     pin = runner.pin(Config("b", 1.0), 60, "maintenance")
     assert pin.until == fake.wall + 60 and runner.current == Config("b", 1.0)
     assert not runner.switch(Config("a", 1.0), "controller")  # ignored while pinned
-    runner.expire_pin(fake.wall + 59)
-    assert runner.pin_state is not None
-    fake.advance(60)
-    runner.expire_pin(fake.wall)
+    fake.advance(59)
+    runner.expire_pin()
+    assert runner.pin_state is not None and runner.pin_left_s() == 1
+    fake.advance(1)
+    runner.expire_pin()
     assert runner.pin_state is None and runner.switch(Config("a", 1.0), "controller")
     assert runner.history[-1].at == fake.wall
+
+
+def test_a_wall_clock_step_neither_expires_nor_stretches_a_pin(runner: Runner, fake: FakeClock) -> None:
+    saved: list[object] = []
+    runner.on_pin.append(saved.append)
+    runner.pin(Config("b", 1.0), 600, "maintenance")
+    fake.wall += 3600  # NTP steps the clock an hour forward: the wall-clock `until` is long past
+    fake.mono += 10
+    runner.expire_pin()
+    assert runner.pin_state is not None and runner.pin_left_s() == 590
+    restated = runner.restate_pin()  # the daemon's step watch does this
+    assert restated is not None and restated.until == fake.wall + 590 and saved[-1] == restated
+    fake.wall -= 7200  # and an hour back from where it started
+    fake.mono += 589
+    runner.expire_pin()
+    assert runner.pin_state is not None
+    fake.mono += 1
+    runner.expire_pin()
+    assert runner.pin_state is None and saved[-1] is None

@@ -90,7 +90,7 @@ def _configuration(st: Mapping[str, Any], now: float) -> Table:
         ("why", cfg["reason"]),
     ]
     if pin := cfg.get("pinned"):
-        left = pin["until"] - now
+        left = pin.get("left_s", pin["until"] - now)  # the daemon's own count: no clock step between
         until = f"for {span(left)} more" if left > 0 else f"until {ago(pin['until'], now)}"
         rows.append(("pinned", f"{pin['config']} {until} ({pin['reason']})"))
     ctl = st.get("controller") or {}
@@ -239,6 +239,8 @@ def render_status(st: Mapping[str, Any], now: float, socket: str) -> RenderableT
     parts.append(_variants(st))
     if st.get("decisions"):
         parts.append(_decisions(st["decisions"], now))
+    if (folder := st.get("state_dir")) and folder.get("problem"):
+        parts.append(Text(f"state directory {folder['path']}: {folder['problem']} (serving goes on)", style="red"))
     if st.get("last_error"):
         parts.append(Text(f"last error: {st['last_error']}", style="red"))
     return Group(*_spaced(parts))

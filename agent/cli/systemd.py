@@ -34,6 +34,7 @@ from agent.cli.systemd_units import (
 )
 from agent.errors import AgentError
 from agent.paths import default_policy_path, unit_templates_dir
+from agent.private_files import write_atomic
 
 app = typer.Typer(
     help="systemd units: render and install the service, socket, system user, config and policy.", no_args_is_help=True
@@ -131,10 +132,7 @@ def _write(path: Path, text: str, *, operator_owned: bool = False) -> None:
         console.print(f"kept {path} (edited; never overwritten)", markup=False)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.chmod(FILE_MODE)
-    tmp.replace(path)
+    write_atomic(path, text.encode("utf-8"), FILE_MODE)
     console.print(f"{'updated' if current is not None else 'wrote'} {path}", markup=False)
 
 

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from agent.errors import ZooError
 from agent.paths import DEVICE_PROFILE_NAME, SITE_ACCURACY_NAME, Located, default_zoo_dir, locate_state_dir
+from agent.private_files import SHARED_FILE_MODE, write_atomic
 from agent.values import BUDGETS
 from agent.zoo.manifest import MANIFEST_NAME, DeviceProfile, ProfiledVariant, load_manifest
 from agent.zoo.stats import format_p
@@ -207,13 +208,12 @@ def evaluate(
 
 
 def _write_state(out: Located, text: str) -> str:
-    """Write `text` to the file `out` whole (the daemon may read it at any moment); the message
+    """Write `text` to the file `out` whole (the daemon may read it at any moment, and a crash
+    or power cut meanwhile must leave the old file or the new one, never a torn one); the message
     names the file and how its place was chosen."""
     _check_writable(out)
     try:
-        tmp = out.path.with_suffix(".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out.path)
+        write_atomic(out.path, text.encode("utf-8"), SHARED_FILE_MODE)  # root may write it; the service reads it
     except OSError as exc:
         _cannot_write(out, exc.strerror or str(exc), isinstance(exc, PermissionError))
     return str(out)

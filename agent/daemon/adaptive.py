@@ -66,12 +66,12 @@ class AdaptiveLoop:
         self.store = PolicyStore(
             path,
             on_failure=[self._policy_failed],
-            clock=time.time,
+            clock=runner.clock.wall,
             known_variants=[v.name for v in runner.zoo.manifest.variants],
             check=trust.check if trust else None,
             watch_also=[signature_path(path)] if trust else (),
         )
-        self.snapshot = Snapshot(time=time.time())
+        self.snapshot = Snapshot(time=runner.clock.wall())
         self.state = ControllerState(config=runner.current, last_switch_at=time.monotonic())
         self.last: Decision | None = None
         self.decisions: deque[dict[str, Any]] = deque(maxlen=20)
@@ -148,7 +148,7 @@ class AdaptiveLoop:
     # -- jobs ------------------------------------------------------------------------------------
 
     def sample_telemetry(self) -> None:
-        self.snapshot = self.telemetry.read(time.time())
+        self.snapshot = self.telemetry.read(self.runner.clock.wall())  # the wall clock: rules read its time of day
         self.metrics.set_telemetry(self.snapshot)
 
     def watch_policy(self) -> None:
@@ -177,23 +177,34 @@ class AdaptiveLoop:
     def apply_recheck(self, files: dict[str, str | None]) -> dict[str, str]:
         """On reload, with each variant's file checked again (None: it matches the manifest): one
         that changed or vanished goes out of service (the configuration moves off it at once),
-        one found restored comes back. Returns the variants out of service and why."""
+        one found restored comes back. Returns the variants out of service and why.
+
+        The configuration moves off a bad variant *before* it is retired: until then its session
+        in memory (loaded from the verified file) serves, so a request that names no variant
+        never meets the moment when the configuration in force is out of service."""
+        bad = {name: problem for name, problem in files.items() if problem is not None}
+        current = self.runner.current.variant
+        if current in bad:
+            self._leave(current, bad)
         for name, problem in files.items():
             if problem is None:
                 self.runner.restore(name)
             else:
                 self.runner.retire(name, problem)
-        retired = self.runner.health.retired()
-        if self.runner.current.variant in retired:
-            self._leave_retired(self.runner.current.variant)
-        return retired
+        return self.runner.health.retired()
 
-    def _leave_retired(self, variant: str) -> None:
-        """Move off an out-of-service variant: the controller's choice, else any variant in service."""
-        self.tick()
+    def _leave(self, variant: str, bad: dict[str, str]) -> None:
+        """Move off `variant` (its file went bad): a pin on it is lifted, then the controller's
+        choice among the rest, else any variant in service and not in `bad`."""
+        pin = self.runner.pin_state
+        if pin is not None and pin.config.variant in bad:
+            self.runner.unpin(f"pinned variant {pin.config.variant} is out of service")
+        self.tick(leaving=bad)
         if self.runner.current.variant != variant:
             return
-        spare = next((n for n in self.runner.zoo.variants if self.runner.health.out_of_service(n) is None), None)
+        spare = next(
+            (n for n in self.runner.zoo.variants if n not in bad and self.runner.health.out_of_service(n) is None), None
+        )
         if spare is None:
             log.error("no_variant_in_service", retired=variant)  # every request is refused with 503 now
             return
@@ -220,10 +231,12 @@ class AdaptiveLoop:
             for config, (p, count) in sorted(whole.items())
         )
 
-    def tick(self) -> Decision | None:
-        """One controller step; switches the runner when the controller says so."""
+    def tick(self, leaving: dict[str, str] | None = None) -> Decision | None:
+        """One controller step; switches the runner when the controller says so. `leaving`: the
+        variants about to go out of service, and why (they are left out already)."""
         now = time.monotonic()
         unavailable = self.runner.health.unavailable(now)
+        unavailable.update({n: Unavailable(OUT_OF_SERVICE, why) for n, why in (leaving or {}).items()})
         options = self._choices(unavailable)
         if not options:
             return None
@@ -265,7 +278,12 @@ class AdaptiveLoop:
             if not applied and self.runner.pin_state is not None:
                 self.state = ControllerState(config=self.runner.current, latency=self.state.latency, last_switch_at=now)
             self.decisions.append(
-                {"at": time.time(), "config": str(decision.config), "applied": applied, "reason": decision.reason}
+                {
+                    "at": self.runner.clock.wall(),
+                    "config": str(decision.config),
+                    "applied": applied,
+                    "reason": decision.reason,
+                }
             )
             for callback in self.on_decision:
                 callback(decision)

@@ -22,16 +22,19 @@ import structlog
 import uvicorn
 import uvloop
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from agent.address import ListenAddress, parse_listen_address
 from agent.daemon import sdnotify
 from agent.daemon.adaptive import AdaptiveLoop
+from agent.daemon.clock import StepWatch, WallClock
 from agent.daemon.logs import configure_logging
 from agent.daemon.pin_file import load_pin, save_pin
+from agent.daemon.state_dir import StateDir
 from agent.errors import AgentError
 from agent.paths import POLICY_NAME, state_dir
 from agent.policy.store import ReloadResult
+from agent.serving.admission import Clock
 from agent.serving.app import create_app
 from agent.serving.codec import MMAP_THRESHOLD_BYTES, fix_mmap_threshold
 from agent.serving.listener import bind_tcp, bind_unix, remove_socket, socket_identity, systemd_sockets
@@ -80,6 +83,9 @@ class Daemon:
         self.settings = settings
         self.config_file = config_file
         self.overrides = overrides or {}
+        self.wall = WallClock(settings.wall_clock_offset_file)
+        self.steps = StepWatch(self.wall)
+        self.state_dir = StateDir(settings.state_dir or state_dir())
         self.metrics = Metrics()
         self.connection_timeouts = Counter(
             "edge_agent_connection_timeouts_total",
@@ -87,10 +93,16 @@ class Daemon:
             ["phase"],
             registry=self.metrics.registry,
         )
+        Gauge(
+            "edge_agent_state_dir_writable",
+            "1 while the state directory takes the daemon's writes (pin.json); 0: read-only, full or refused",
+            registry=self.metrics.registry,
+        ).set_function(lambda: self.state_dir.problem is None)
         self.server: _Server | None = None
         self.metrics_server: _Server | None = None  # the TCP listener of `metrics_listen`, if set
         self.state: AppState | None = None
         self.adaptive: AdaptiveLoop | None = None
+        self._signatures: dict[str, Any] = {"required": False}
         self._stop_signal: int | None = None
         self._reload_requested = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -110,7 +122,7 @@ class Daemon:
         if initial.variant not in zoo.variants:
             initial = Config(next(iter(zoo.variants)), 1.0)
             log.warning("default_variant_unavailable", wanted=s.default_variant, using=str(initial))
-        runner = Runner(zoo, initial, s.workers, s.queue_size, s.window_s)
+        runner = Runner(zoo, initial, s.workers, s.queue_size, s.window_s, Clock(wall=self.wall))
         sdnotify.notify("STATUS=warming up")
         started = time.perf_counter()
         runner.warm_up(s.warmup_runs)
@@ -137,9 +149,8 @@ class Daemon:
         self.adaptive.sample_telemetry()
         state = AppState(settings=s, zoo=zoo, runner=runner, metrics=self.metrics)
         state.reload = self.reload
-        signatures = trust.status() if trust else {"required": False}
-        adaptive = self.adaptive
-        state.extra_status = lambda: {**adaptive.status(), "signatures": signatures}
+        self._signatures = trust.status() if trust else {"required": False}
+        state.extra_status = self._status
         self._restore_pin(runner)
         return state
 
@@ -154,6 +165,15 @@ class Daemon:
         log.info("signatures_required", keys=trust.ids)
         return trust
 
+    def _status(self) -> dict[str, Any]:
+        assert self.adaptive is not None
+        return {
+            **self.adaptive.status(),
+            "signatures": self._signatures,
+            "clock": self.steps.status(),
+            "state_dir": self.state_dir.status(),
+        }
+
     def _switched(self, record: Switch) -> None:
         self.metrics.switches.inc()
         current = self.state.runner.current if self.state else Config.parse(record.new)
@@ -164,15 +184,23 @@ class Daemon:
     # -- pin persistence: a maintenance pin survives a restart ------------------------------------
 
     def _pin_file(self) -> Path:
-        return (self.settings.state_dir or state_dir()) / "pin.json"
+        return self.state_dir.path / "pin.json"
 
     def _save_pin(self) -> None:
-        if self.state is not None:
-            save_pin(self._pin_file(), self.state.runner.pin_state)
+        """Persist the pin (or its removal); a failure is the state directory's to report, once."""
+        if self.state is None:
+            return
+        path = self._pin_file()
+        try:
+            save_pin(path, self.state.runner.pin_state)
+        except (OSError, AgentError) as exc:
+            self.state_dir.wrote(path.name, exc)
+        else:
+            self.state_dir.wrote(path.name, None)
 
     def _restore_pin(self, runner: Runner) -> None:
         pin = load_pin(self._pin_file())
-        if pin is not None and pin.until > time.time() and runner.restore_pin(pin):
+        if pin is not None and pin.until > self.wall() and runner.restore_pin(pin):
             log.info("pin_restored", config=str(pin.config), until=pin.until)
 
     # -- reload (SIGHUP, POST /v1/policy/reload) ------------------------------------------------------
@@ -280,7 +308,14 @@ class Daemon:
             adaptive.watch_policy()
 
         async def pin_expiry() -> None:
-            runner.expire_pin(time.time())
+            if self.steps.check() is not None:
+                runner.restate_pin()  # same time left; pin.json says `until` on the new wall clock
+            runner.expire_pin()
+
+        async def state_watch() -> None:
+            await asyncio.get_running_loop().run_in_executor(None, self.state_dir.check)
+            if self.state_dir.retry:
+                self._save_pin()
 
         async def watchdog() -> None:
             sdnotify.notify("WATCHDOG=1")
@@ -290,6 +325,7 @@ class Daemon:
             ("controller_tick", controller_tick, s.controller_interval_s),
             ("policy_watch", policy_watch, s.policy_watch_s),
             ("pin_expiry", pin_expiry, 1.0),
+            ("state_watch", state_watch, s.policy_watch_s),
         ]
         interval = sdnotify.watchdog_interval_s()
         if interval:

@@ -16,17 +16,14 @@ log = structlog.get_logger(__name__)
 
 
 def save_pin(path: Path, pin: Pin | None) -> None:
-    """Write `pin` atomically (see `write_private`), or remove the file when there is none; a
-    failure is logged."""
-    try:
-        if pin is None:
-            path.unlink(missing_ok=True)
-            return
-        private_dir(path.parent)
-        body = {"config": str(pin.config), "until": pin.until, "reason": pin.reason}
-        write_private(path, json.dumps(body).encode())
-    except (OSError, AgentError) as exc:
-        log.warning("pin_not_saved", path=str(path), error=str(exc))
+    """Write `pin` atomically (see `write_private`), or remove the file when there is none.
+    OSError or UnsafePath when it cannot: the caller reports it (`agent.daemon.state_dir`)."""
+    if pin is None:
+        path.unlink(missing_ok=True)
+        return
+    private_dir(path.parent)
+    body = {"config": str(pin.config), "until": pin.until, "reason": pin.reason}
+    write_private(path, json.dumps(body).encode())
 
 
 def load_pin(path: Path) -> Pin | None:

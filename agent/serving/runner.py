@@ -64,6 +64,7 @@ class Runner:
         self._since = self.clock.wall()
         self._reason = "initial configuration"
         self._pin: Pin | None = None
+        self._pin_deadline = 0.0  # monotonic: the pin's `until` is for display and pin.json only
         self.history: deque[Switch] = deque(maxlen=20)
         self.window = LatencyWindow(window_s)
         #: Decode + resize time of recent requests: a cost outside the model that every
@@ -148,11 +149,13 @@ class Runner:
         return True
 
     def pin(self, config: Config, seconds: float, reason: str) -> Pin:
-        """Hold `config` for maintenance until the pin expires or is removed."""
+        """Hold `config` for maintenance for `seconds` (on the monotonic clock, so a step of the
+        wall clock neither shortens nor stretches it) or until it is removed."""
         self.check(config)
         pin = Pin(config, self.clock.wall() + seconds, reason)
         with self._lock:
             self._pin = pin  # before the switch, so its callbacks already see the pin
+            self._pin_deadline = self.clock.monotonic() + seconds
         self.switch(config, f"pinned: {reason}", force=True)
         self._pinned(pin)
         return pin
@@ -171,10 +174,27 @@ class Runner:
         for callback in self.on_pin:
             callback(pin)
 
-    def expire_pin(self, now: float) -> None:
-        pin = self._pin
-        if pin is not None and now >= pin.until:
+    def pin_left_s(self) -> float | None:
+        """Seconds the pin has left (monotonic), or None when there is none."""
+        return None if self._pin is None else max(0.0, self._pin_deadline - self.clock.monotonic())
+
+    def expire_pin(self) -> None:
+        left = self.pin_left_s()
+        if left is not None and left <= 0:
             self.unpin("pin expired")
+
+    def restate_pin(self) -> Pin | None:
+        """After a step of the wall clock: the pin's `until` said again on the new wall clock, its
+        time left unchanged, and handed to the `on_pin` callbacks (pin.json then holds it, so a
+        restart later keeps the same expiry)."""
+        with self._lock:
+            pin = self._pin
+            if pin is None:
+                return None
+            left = max(0.0, self._pin_deadline - self.clock.monotonic())
+            self._pin = pin = Pin(pin.config, self.clock.wall() + left, pin.reason)
+        self._pinned(pin)
+        return pin
 
     def restore_pin(self, pin: Pin) -> bool:
         """Re-apply a pin saved before a restart, if its variant is still loaded; whether it was."""

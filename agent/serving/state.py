@@ -21,7 +21,7 @@ class AppState:
     zoo: Zoo
     runner: Runner
     metrics: Metrics
-    started_at: float = field(default_factory=time.time)
+    started_at: float = field(default_factory=time.monotonic)  # uptime is a span: no wall-clock step moves it
     ready: bool = False
     draining: bool = False
     loop_priority: int = 0  # nice levels the event loop runs above the workers, as granted

@@ -184,14 +184,21 @@ def status_body(state: AppState) -> dict[str, Any]:
         "version": __version__,
         "ready": is_ready(state),
         "draining": state.draining,
-        "uptime_s": round(time.time() - state.started_at, 1),
+        "uptime_s": round(time.monotonic() - state.started_at, 1),
         "config": {
             "current": str(runner.current),
             "variant": runner.current.variant,
             "budget": runner.current.budget,
             "reason": runner.reason,
             "since": runner.since,
-            "pinned": {"config": str(pin.config), "until": pin.until, "reason": pin.reason} if pin else None,
+            "pinned": {
+                "config": str(pin.config),
+                "until": pin.until,
+                "left_s": round(runner.pin_left_s() or 0.0, 1),
+                "reason": pin.reason,
+            }
+            if pin
+            else None,
         },
         "decisions": [{"at": s.at, "old": s.old, "new": s.new, "reason": s.reason} for s in runner.history],
         "variants": {
