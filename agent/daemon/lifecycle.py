@@ -32,11 +32,13 @@ from agent.errors import AgentError
 from agent.paths import POLICY_NAME, state_dir
 from agent.policy.store import ReloadResult
 from agent.serving.app import create_app
+from agent.serving.budget import ByteBudget
 from agent.serving.codec import MMAP_THRESHOLD_BYTES, fix_mmap_threshold
+from agent.serving.gate import GateLimits, RequestGate
 from agent.serving.listener import bind_unix, remove_socket, socket_identity, systemd_socket
 from agent.serving.metrics import Metrics
 from agent.serving.priority import BASE_NICE, set_thread_nice
-from agent.serving.protocol import ConnectionLimits, RequestLimit, protocol_class
+from agent.serving.protocol import ConnectionLimits, protocol_class
 from agent.serving.runner import Runner
 from agent.serving.state import AppState
 from agent.settings import LIVE_SETTINGS, Settings, load_settings
@@ -75,7 +77,7 @@ class Daemon:
         self.metrics = Metrics()
         self.connection_timeouts = Counter(
             "edge_agent_connection_timeouts_total",
-            "Connections closed for a timeout, by phase (idle, keepalive, headers, body)",
+            "Connections closed for a timeout, by phase (idle, keepalive, headers, body, body_rate)",
             ["phase"],
             registry=self.metrics.registry,
         )
@@ -301,19 +303,26 @@ class Daemon:
                 log.exception("reload_failed")
 
     def _uvicorn_config(self, state: AppState) -> uvicorn.Config:
-        """The requests handled at once are bounded here rather than by uvicorn's
-        limit_concurrency, which also counts idle connections (see agent/serving/protocol.py)."""
+        """The requests handled at once are bounded by the gate rather than by uvicorn's
+        limit_concurrency, which also counts idle connections (see agent/serving/gate.py)."""
         s = self.settings
         limits = ConnectionLimits(
             idle_s=s.idle_timeout_s,
             header_s=s.header_timeout_s,
             body_s=s.body_timeout_s,
             max_header_bytes=s.max_header_bytes,
+            body_grace_s=s.body_grace_s,
+            body_min_rate=s.body_min_rate,
             on_timeout=lambda phase: self.connection_timeouts.labels(phase=phase).inc(),
         )
-        refused = self.metrics.shed.labels(reason="concurrency")
+        gate = GateLimits(
+            inference=s.queue_size + s.workers + 256,
+            control=s.control_requests,
+            max_body_bytes=s.max_body_bytes,
+            bodies=ByteBudget("body memory", s.max_body_bytes, s.max_body_bytes_inflight, "max_body_bytes"),
+        )
         return uvicorn.Config(
-            RequestLimit(create_app(state), s.queue_size + s.workers + 256, refused.inc),
+            RequestGate(create_app(state), gate, self.metrics),
             http=protocol_class(limits),
             lifespan="off",
             log_config=None,
@@ -348,6 +357,7 @@ class Daemon:
                 loop_runner.run(self._serve(sock))
         finally:
             self.state.runner.close(wait=True)
+            self.state.decoding.close()
             if identity is not None:
                 remove_socket(s.socket, identity)
         log.info("stopped", signal=signal.Signals(self._stop_signal).name if self._stop_signal else None)

@@ -1,8 +1,9 @@
 """`POST /v1/classify`, `GET /v1/status`, `GET /metrics`.
 
-The request path of `/v1/classify`, top to bottom: media type and query -> body (bounded) ->
-admission (the runner's one check, before anything is decoded) -> decode (header on the loop,
-pixels in the worker) -> run -> answer. Every request pays for that path on the event loop, so
+The request path of `/v1/classify`, top to bottom: media type and query -> body (bounded, read
+by the gate before the request takes an inference place) -> admission (the runner's one check,
+before anything is decoded) -> decode (header and memory reservation in a decode thread, pixels
+in the worker) -> run -> answer. Every request pays for that path on the event loop, so
 it is a plain ASGI handler behind the FastAPI route that declares it: FastAPI's per-request
 dependency solving and Request object cost more loop time than the rest of the path.
 """
@@ -26,12 +27,15 @@ from agent import __version__
 from agent.errors import BadInput, ExplainUnavailable
 from agent.serving.api import Classification, ClassifyQuery
 from agent.serving.body import receive_body
+from agent.serving.budget import ByteBudget, Reservation
 from agent.serving.codec import (
+    ARRAY_COPIES,
     IMAGE_TYPES,
     check_frame,
     check_media_type,
     decode_npy,
     decode_to_input,
+    image_cost,
     open_image,
     release,
 )
@@ -88,6 +92,7 @@ def serve_raw(app: FastAPI, path: str, handler: Callable[[Scope, Receive, Send],
 
 def classify_handler(state: AppState) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     runner, settings = state.runner, state.settings
+    largest = max(v.spec.resolution for v in state.zoo.variants.values())
 
     async def classify(scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
@@ -101,11 +106,16 @@ def classify_handler(state: AppState) -> Callable[[Scope, Receive, Send], Awaita
         body = await receive_body(receive, headers.get("content-length"), settings.max_body_bytes)
         ticket = runner.admit(query.deadline_ms)
         try:
-            prepare = decoder(kind, body, query.region, query.channel_order)
+            prepare, held = await state.decoding.in_thread(
+                decoder, kind, body, query.region, query.channel_order, state.decoding.budget, largest
+            )
         except BaseException:
             runner.release(ticket)
             raise
-        outcome = await runner.run(ticket, prepare)
+        try:
+            outcome = await runner.run(ticket, prepare)
+        finally:
+            held.release()
         await json_response(answer(state, outcome, query.explain))(scope, receive, send)
 
     return classify
@@ -119,32 +129,47 @@ def check_explainable(spec: Variant) -> None:
         )
 
 
-def decoder(kind: str, body: bytes, roi: Roi | None = None, channel_order: ChannelOrder = "rgb") -> Prepare:
-    """Check the body on the loop (image header, array shape, ROI inside the frame); the
-    worker makes the input."""
+def decoder(
+    kind: str,
+    body: bytes,
+    roi: Roi | None,
+    channel_order: ChannelOrder,
+    budget: ByteBudget,
+    largest: int,
+) -> tuple[Prepare, Reservation]:
+    """Check the body (image header, array shape, ROI inside the frame) and reserve the memory
+    its decoding for an input of up to `largest` pixels may take; the worker makes the input and
+    gives the memory back. Runs in a decode thread."""
     if kind in IMAGE_TYPES:
         if channel_order != "rgb":
             raise BadInput("channel_order applies to .npy arrays; an image file carries its own channel order")
         image = open_image(body)
         if roi is not None:
             roi.check(*image.size)
+        width, height = image.size
+        held = budget.reserve(image_cost(image, largest, roi), f"a {width}x{height} {image.mode} {image.format} image")
 
         def prepare_image(variant: LoadedVariant) -> np.ndarray:
             try:
                 return decode_to_input(image, variant.spec.resolution, roi, variant.spec.preprocess.resize)
             finally:
                 release(image)
+                held.release()
 
-        return prepare_image
+        return prepare_image, held
     frame = check_frame(decode_npy(body))
     if roi is not None:
         height, width = frame.shape[:2] if frame.dtype == np.uint8 else frame.shape[2:]
         roi.check(width, height)
+    held = budget.reserve(ARRAY_COPIES * frame.nbytes, f"a {frame.dtype} array of shape {tuple(frame.shape)}")
 
     def prepare_array(variant: LoadedVariant) -> np.ndarray:
-        return array_to_input(frame, variant.spec.resolution, channel_order, roi, variant.spec.preprocess.resize)
+        try:
+            return array_to_input(frame, variant.spec.resolution, channel_order, roi, variant.spec.preprocess.resize)
+        finally:
+            held.release()
 
-    return prepare_array
+    return prepare_array, held
 
 
 def answer(state: AppState, outcome: Outcome, explain: bool) -> dict[str, Any]:

@@ -24,11 +24,10 @@ from agent.serving.api import (
     V2InferRequest,
     V2ModelMetadata,
     V2RequestedOutput,
-    V2Tensor,
     V2TensorMeta,
 )
-from agent.serving.body import parse_json, receive_body
-from agent.serving.codec import decode_v2_tensor, encode_v2_output, join_v2_body, split_v2_body
+from agent.serving.body import receive_body
+from agent.serving.codec import V2_INPUT, encode_v2_output, join_v2_body, split_v2_body
 from agent.serving.envelope import JSON, json_response
 from agent.serving.runner import Outcome
 from agent.serving.state import AppState
@@ -38,7 +37,7 @@ from agent.zoo.sessions import LoadedVariant
 
 #: The one version of each model: models are not versioned, the zoo is (its manifest).
 VERSION = "1"
-INPUT = "image"
+INPUT = V2_INPUT
 #: The outputs, in the order an answer lists them, and their datatypes.
 OUTPUTS = {"probabilities": "FP32", "label": "BYTES"}
 #: The largest batch one request may carry. A batch runs on one worker, in one call: 32 images
@@ -199,47 +198,39 @@ def flag(parameters: dict[str, Any] | None, key: str, where: str, default: bool)
     return value
 
 
-def the_input(req: V2InferRequest) -> V2Tensor:
-    """The request's one input, named as the metadata names it."""
-    names = [tensor.name for tensor in req.inputs]
-    if names != [INPUT]:
-        raise InvalidTensor(f"inputs: this model takes one input, {INPUT!r}; got {names}")
-    return req.inputs[0]
-
-
 async def infer(state: AppState, name: str, request: Request) -> Response:
-    """Body -> request checked -> admission -> tensor -> run -> the v2 answer."""
+    """Body (read by the gate) -> JSON and tensor decoded off the loop, its memory reserved ->
+    request checked -> admission -> run -> the v2 answer."""
     runner = state.runner
     fixed, size = target(state, name)
     batch = max_batch(state, fixed)
     body = await receive_body(request.receive, request.headers.get("content-length"), state.settings.max_body_bytes)
     head, binary = split_v2_body(body, request.headers.get("inference-header-content-length"))
-    req = parse_json(V2InferRequest, head, InvalidTensor)
-    tensor = the_input(req)
-    outputs = requested_outputs(req)
-    budget = (req.parameters or {}).get("token_budget")
-    if fixed is not None and budget is not None:
-        if not isinstance(budget, int | float):
-            raise InvalidTensor("parameters.token_budget must be a number")
-        fixed = runner.validate(Config(fixed.variant, float(budget)))
-    order = (req.parameters or {}).get("channel_order", "rgb")
-    if order not in ("rgb", "bgr"):
-        raise InvalidTensor("parameters.channel_order must be rgb or bgr")
-    channel_order: ChannelOrder = "bgr" if order == "bgr" else "rgb"
-    ticket = runner.admit(None, fixed)
+    del body
+    (req, arr), held = await state.decoding.v2(head, binary, size, batch)
     try:
-        arr = decode_v2_tensor(tensor, binary, size, batch)
-    except BaseException:
-        runner.release(ticket)
-        raise
+        del head, binary
+        outputs = requested_outputs(req)
+        budget = (req.parameters or {}).get("token_budget")
+        if fixed is not None and budget is not None:
+            if not isinstance(budget, int | float):
+                raise InvalidTensor("parameters.token_budget must be a number")
+            fixed = runner.validate(Config(fixed.variant, float(budget)))
+        order = (req.parameters or {}).get("channel_order", "rgb")
+        if order not in ("rgb", "bgr"):
+            raise InvalidTensor("parameters.channel_order must be rgb or bgr")
+        channel_order: ChannelOrder = "bgr" if order == "bgr" else "rgb"
 
-    def prepare(variant: LoadedVariant) -> np.ndarray:
-        spec = variant.spec
-        items = [arr[i : i + 1] if arr.dtype == np.float32 else arr[i] for i in range(len(arr))]
-        fitted = [array_to_input(x, spec.resolution, channel_order, resize=spec.preprocess.resize) for x in items]
-        return fitted[0] if len(fitted) == 1 else np.concatenate(fitted)
+        def prepare(variant: LoadedVariant) -> np.ndarray:
+            spec = variant.spec
+            items = [arr[i : i + 1] if arr.dtype == np.float32 else arr[i] for i in range(len(arr))]
+            fitted = [array_to_input(x, spec.resolution, channel_order, resize=spec.preprocess.resize) for x in items]
+            return fitted[0] if len(fitted) == 1 else np.concatenate(fitted)
 
-    return answer(state, name, req.id, outputs, await runner.run(ticket, prepare))
+        outcome = await runner.run(runner.admit(None, fixed), prepare)
+    finally:
+        held.release()
+    return answer(state, name, req.id, outputs, outcome)
 
 
 def answer(
