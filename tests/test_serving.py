@@ -24,10 +24,10 @@ from uvicorn.server import ServerState
 from agent.errors import InvalidTensor, Overloaded
 from agent.serving.admission import Clock, LatencyWindow, Ticket
 from agent.serving.app import create_app
-from agent.serving.health import VariantHealth
-from agent.serving.metrics import Metrics
 from agent.serving.budget import ByteBudget
 from agent.serving.gate import GateLimits, RequestGate
+from agent.serving.health import VariantHealth
+from agent.serving.metrics import Metrics
 from agent.serving.protocol import AgentProtocol, ConnectionLimits, protocol_class
 from agent.serving.routes.v2 import MAX_BATCH
 from agent.serving.runner import Outcome, Prepare

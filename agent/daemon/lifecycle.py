@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import resource
 import signal
 import socket
 import time
 from collections.abc import Generator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,7 @@ from agent.serving.codec import MMAP_THRESHOLD_BYTES, fix_mmap_threshold
 from agent.serving.gate import GateLimits, RequestGate
 from agent.serving.listener import bind_unix, remove_socket, socket_identity, systemd_socket
 from agent.serving.metrics import Metrics
-from agent.serving.priority import BASE_NICE, set_thread_nice
+from agent.serving.priority import BASE_NICE, as_worker, set_thread_nice
 from agent.serving.protocol import ConnectionLimits, protocol_class
 from agent.serving.runner import Runner
 from agent.serving.state import AppState
@@ -87,6 +89,7 @@ class Daemon:
         self._stop_signal: int | None = None
         self._reload_requested = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+        self._pin_writer = ThreadPoolExecutor(1, thread_name_prefix="pin-writer", initializer=as_worker)
 
     # -- start ------------------------------------------------------------------------------
 
@@ -144,8 +147,11 @@ class Daemon:
         return (self.settings.state_dir or state_dir()) / "pin.json"
 
     def _save_pin(self) -> None:
+        """Write the pin as it is now, in the pin writer's one thread: the write's fsync may take
+        a busy disk 100 ms, which the event loop (an admin's pin, everyone's status) must not
+        wait for; one thread keeps the writes in order."""
         if self.state is not None:
-            save_pin(self._pin_file(), self.state.runner.pin_state)
+            self._pin_writer.submit(save_pin, self._pin_file(), self.state.runner.pin_state)
 
     def _restore_pin(self, runner: Runner) -> None:
         pin = load_pin(self._pin_file())
@@ -351,6 +357,10 @@ class Daemon:
             sdnotify.notify(f"STATUS=failed: {exc.message}")
             return 1
         self.server = _Server(self._uvicorn_config(self.state), self._on_listening)
+        # What start-up made (the zoo, the app, pydantic's schemas) lives as long as the daemon:
+        # kept out of the collector's generations, a full collection amid a flood of connections
+        # walks only what requests made, not tens of thousands of long-lived objects.
+        gc.freeze()
         try:
             # uvicorn.Config(loop=...) only applies inside uvicorn.run(); the loop is chosen here.
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:
@@ -358,6 +368,7 @@ class Daemon:
         finally:
             self.state.runner.close(wait=True)
             self.state.decoding.close()
+            self._pin_writer.shutdown(wait=True)
             if identity is not None:
                 remove_socket(s.socket, identity)
         log.info("stopped", signal=signal.Signals(self._stop_signal).name if self._stop_signal else None)

@@ -95,7 +95,7 @@ class RequestGate:
             except ClientDisconnect:
                 # Gone, or cut by the protocol's body deadline (it answered 408): nobody to answer.
                 self.metrics.requests.labels(route=route_label(scope["path"]), status="499").inc()
-                log.info("client_disconnected", path=scope.get("path"), phase="body")
+                log.debug("client_disconnected", path=scope.get("path"), phase="body")
                 return
             await self._run("inference", self.limits.inference, scope, _replay(body, receive), send)
         finally:

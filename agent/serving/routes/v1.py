@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
@@ -40,6 +40,7 @@ from agent.serving.codec import (
     release,
 )
 from agent.serving.envelope import json_response
+from agent.serving.peers import hide_paths, is_admin, peer_uid
 from agent.serving.runner import Outcome, Prepare
 from agent.serving.state import AppState
 from agent.zoo.manifest import Variant
@@ -56,8 +57,13 @@ def register(app: FastAPI, state: AppState) -> None:
     serve_raw(app, "/v1/classify", classify_handler(state))
 
     @app.get("/v1/status")
-    async def status() -> Response:
-        return json_response(status_body(state))
+    async def status(request: Request) -> Response:
+        """The daemon's state; the folders and files it uses only for an admin peer."""
+        body = status_body(state)
+        if not is_admin(peer_uid(request.scope), state.settings):
+            body = {k: v for k, v in body.items() if k not in ("zoo", "socket")}
+            body = hide_paths(body, private_paths(state))
+        return json_response(body)
 
     @app.get("/metrics")
     async def metrics_route() -> Response:
@@ -199,6 +205,14 @@ def answer(state: AppState, outcome: Outcome, explain: bool) -> dict[str, Any]:
     if explain and outcome.prediction.attention is not None:
         result["attention"] = np.round(outcome.prediction.attention[0], 5).tolist()
     return result
+
+
+def private_paths(state: AppState) -> list[str]:
+    """The paths a non-admin's status does not show, longest first (a folder's file before it)."""
+    s = state.settings
+    paths = {str(s.zoo), str(state.zoo.directory), str(s.socket), str(s.socket.parent), str(s.policy)}
+    paths |= {str(s.policy.parent), str(s.state_dir) if s.state_dir else ""}
+    return sorted((p for p in paths if p not in ("", ".", "/")), key=len, reverse=True)
 
 
 def status_body(state: AppState) -> dict[str, Any]:
