@@ -7,7 +7,11 @@ the bounds are the issue's, generous next to what a quiet machine shows."""
 from __future__ import annotations
 
 import io
+import os
 import re
+import shutil
+import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +20,10 @@ import pytest
 from PIL import Image
 
 from agent.daemon.lifecycle import raise_fd_limit
-from agent.errors import Overloaded, PayloadTooLarge
+from agent.errors import AgentError, Overloaded, PayloadTooLarge
 from agent.serving.budget import ByteBudget
 from agent.serving.codec import image_cost, open_image
+from agent.serving.listener import bind_unix
 from agent.zoo.preprocess import to_rgb8
 from tests import hostile
 from tests.daemon import DaemonProcess
@@ -151,3 +156,69 @@ def test_a_byte_budget_refuses_413_past_the_request_bound_and_503_past_the_total
     held.release()  # once only
     assert budget.in_use == 0
     budget.reserve(60, "another").release()
+
+
+@pytest.mark.daemon
+def test_a_policy_path_symlinked_to_a_secret_shows_the_secret_nowhere(tmp_path: Path) -> None:
+    """Issue 20, point 7: the daemon starts on the fallback policy; the file's first line is in
+    no status (not even an admin's), log line or metric."""
+    secret = "hunter2-secret-token"
+    target = tmp_path / "shadow"
+    target.write_text(f"root:$6${secret}:19000:0:99999:7:::\n{secret}: 1\n")
+    target.chmod(0o600)
+    link = tmp_path / "policy.yaml"
+    link.symlink_to(target)
+    proc = DaemonProcess(tmp_path / "d", args=["--policy", str(link)]).start()
+    try:
+        status = hostile.request(proc.socket_path, "GET", "/v1/status")
+        assert status.status == 200 and b"unknown key" in status.body  # the error is there, the secret not
+        reload = hostile.request(proc.socket_path, "POST", "/v1/policy/reload")
+        metrics = hostile.request(proc.socket_path, "GET", "/metrics")
+        for answer in (status, reload, metrics):
+            assert secret.encode() not in answer.body
+    finally:
+        assert proc.stop() == 0
+    assert secret not in proc.log()
+
+
+def test_a_socket_another_uid_left_is_reported_as_such_not_as_a_running_daemon() -> None:
+    """Issue 20, point 8: connect() answers EACCES; the daemon (here a forked child that drops
+    to uid 65534, as a daemon of another user would run) says whose socket it is."""
+    nobody = 65534
+    base = Path(tempfile.mkdtemp(prefix="edge-agent-eacces-"))
+    try:
+        base.chmod(0o711)
+        folder = base / "run"
+        folder.mkdir(mode=0o750)
+        os.chown(folder, nobody, nobody)
+        path = folder / "edge-agent.sock"
+        root_socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        root_socket.bind(str(path))
+        path.chmod(0o600)  # root's, closed to others
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: another user's daemon starting on the same path
+            code = 1
+            try:
+                os.setgroups([])
+                os.setresgid(nobody, nobody, nobody)
+                os.setresuid(nobody, nobody, nobody)
+                try:
+                    bind_unix(path, 0o660)
+                    message = "bound"
+                except AgentError as exc:
+                    message = exc.message
+                os.write(write, message.encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write)
+        _, status = os.waitpid(pid, 0)
+        message = os.read(read, 4096).decode()
+        os.close(read)
+        root_socket.close()
+        assert status == 0, message
+        assert "uid 0" in message and "may not connect" in message and "running daemon" not in message, message
+        assert path.exists()  # not replaced
+    finally:
+        shutil.rmtree(base)

@@ -442,6 +442,18 @@ def test_status_and_metrics_describe_the_runner(state: AppState) -> None:
     assert names and all(name.startswith("edge_agent_") for name in names)
 
 
+def test_status_shows_the_daemons_paths_only_to_admin_peers(state: AppState) -> None:
+    state.last_error = f"{state.settings.policy}:3:1: slo: missing required field"
+    admin = client(state, uid=0).get("/v1/status").json()
+    assert admin["zoo"] == str(state.zoo.directory) and admin["socket"] == str(state.settings.socket)
+    assert str(state.settings.policy) in admin["last_error"]
+    other = client(state, uid=os.getuid() + 12345).get("/v1/status")
+    assert other.status_code == 200 and "zoo" not in other.json() and "socket" not in other.json()
+    for path in (state.settings.zoo, state.settings.socket, state.settings.policy, state.settings.policy.parent):
+        assert str(path) not in other.text, path
+    assert other.json()["last_error"] == f"{state.settings.policy.name}:3:1: slo: missing required field"
+
+
 def test_invalid_tensor_errors_keep_their_code(state: AppState, runner: FakeRunner) -> None:
     runner.fail = InvalidTensor("nope")
     answer = client(state).post("/v1/classify", content=png(), headers={"Content-Type": "image/png"})
