@@ -14,7 +14,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
@@ -272,7 +272,7 @@ def peak_rss_growth_mib(pid: int, work: Callable[[], object]) -> tuple[float, ob
     return (rss_kib(pid, "VmHWM") - before) / 1024, result
 
 
-def concurrently(calls: list[Callable[[], Answer]]) -> list[Answer]:
+def concurrently(calls: Sequence[Callable[[], Answer]]) -> list[Answer]:
     answers: list[Answer | None] = [None] * len(calls)
 
     def one(i: int) -> None:
