@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     max_decoded_bytes_inflight: int = Field(
         default=256 * 1024 * 1024,
         ge=1024 * 1024,
-        description="Memory the decoding of all requests in flight may take together; past it 503 + Retry-After",
+        description="Memory the requests being decoded at once may take together; past it 503 + Retry-After",
     )
     loop_priority: int = Field(
         default=5,

@@ -222,3 +222,9 @@ def test_a_socket_another_uid_left_is_reported_as_such_not_as_a_running_daemon()
         assert path.exists()  # not replaced
     finally:
         shutil.rmtree(base)
+
+
+def test_a_jpeg_smaller_than_twice_the_input_is_estimated_at_full_size() -> None:
+    jpeg = io.BytesIO()
+    Image.new("RGB", (100, 60)).save(jpeg, format="JPEG")
+    assert image_cost(open_image(jpeg.getvalue()), 128) == 100 * 60 * (4 + 1)

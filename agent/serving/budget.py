@@ -3,9 +3,10 @@ of it is allocated.
 
 A small body can ask for a large allocation (a 155 KB PNG decodes to 160 MB of RGBA, a 7 MB
 JSON tensor to 160 MB of Python lists), and a body being received holds what it declared. Each
-such cost is estimated from what is known before the work (a header, a byte count) and reserved
-here: a request over the per-request bound is refused with 413, one that would take the total
-past its bound with 503 and Retry-After; the reservation is given back when the work ends.
+such cost is estimated from what is known before the work (a header, a byte count) and checked
+at once: a request over the per-request bound is refused with 413. It is reserved when the work
+starts (a queued image holds its compressed bytes, not its pixels): one that would take the
+total past its bound gets 503 and Retry-After; the reservation is given back when the work ends.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ class Reservation:
     def release(self) -> None:
         self.budget._give_back(self)
 
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
 
 @dataclass
 class ByteBudget:
@@ -48,15 +55,21 @@ class ByteBudget:
     in_use: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def reserve(self, nbytes: int, detail: str) -> Reservation:
-        """Hold `nbytes`, or refuse: PayloadTooLarge (413) past the per-request bound, Overloaded
-        (503, Retry-After) while the others in flight leave too little. `detail` says what costs it."""
+    def check(self, nbytes: int, detail: str) -> int:
+        """`nbytes`, or PayloadTooLarge (413) past the per-request bound: the check made as soon
+        as the cost is known, before the request waits for anything."""
         nbytes = max(0, int(nbytes))
         if nbytes > self.per_request:
             raise PayloadTooLarge(
                 f"{detail} would take {mib(nbytes)} of {self.what}; the limit is {mib(self.per_request)} "
                 f"per request ({self.setting})"
             )
+        return nbytes
+
+    def reserve(self, nbytes: int, detail: str) -> Reservation:
+        """Hold `nbytes`, or refuse: PayloadTooLarge (413) past the per-request bound, Overloaded
+        (503, Retry-After) while the others in flight leave too little. `detail` says what costs it."""
+        nbytes = self.check(nbytes, detail)
         with self._lock:
             if self.in_use + nbytes > self.total:
                 in_use = self.in_use

@@ -224,7 +224,7 @@ def jpeg_draft_size(width: int, height: int, size: int, roi: Roi | None = None) 
     target = DRAFT_OVERSAMPLE * size
     want = (math.ceil(target * width / w), math.ceil(target * height / h))
     reduce = min(width // want[0], height // want[1])
-    scale = next(s for s in (8, 4, 2, 1) if reduce >= s)
+    scale = next((s for s in (8, 4, 2) if reduce >= s), 1)
     return (width + scale - 1) // scale, (height + scale - 1) // scale
 
 

@@ -9,8 +9,8 @@ nested arrays: 120 ms to over a second), and a thread holding the GIL stops the 
 as well as running on it. The process is started on the first such body, not before.
 
 Every decode reserves its estimated peak (`agent.serving.codec`: `image_cost`, `json_cost`) in
-the decode budget first (`agent.serving.budget`): 413 past the per-request bound, 503 while
-the requests in flight hold the rest.
+the decode budget when it starts (`agent.serving.budget`): 413 past the per-request bound, 503
+while the requests being decoded hold the rest.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agent.serving.api import V2InferRequest
-from agent.serving.budget import ByteBudget, Reservation
-from agent.serving.codec import ARRAY_COPIES, decode_v2_request, json_cost
+from agent.serving.budget import ByteBudget
+from agent.serving.codec import decode_v2_request, json_cost
 from agent.serving.priority import as_worker
 
 T = TypeVar("T")
@@ -52,23 +52,17 @@ class Decoding:
         """`work(*args)` in a decode thread."""
         return await asyncio.get_running_loop().run_in_executor(self._threads, work, *args)
 
-    async def v2(self, head: bytes, binary: bytes, size: int, max_batch: int) -> tuple[V2Decoded, Reservation]:
-        """A v2 request's JSON part and input tensor (`decode_v2_request`), and the memory it
-        holds in the budget until the caller releases it (when its run ends)."""
-        held = await self.in_thread(self._reserve_v2, head, binary)
-        try:
-            if len(head) <= INLINE_JSON_BYTES:
-                decoded = await self.in_thread(decode_v2_request, head, binary, size, max_batch)
-            else:
-                decoded = await self.in_thread(self._in_process, decode_v2_request, head, binary, size, max_batch)
-        except BaseException:
-            held.release()
-            raise
-        return decoded, held
+    async def v2(self, head: bytes, binary: bytes, size: int, max_batch: int) -> V2Decoded:
+        """A v2 request's JSON part and input tensor (`decode_v2_request`), decoded with the
+        memory its JSON may cost reserved (the tensor's is the worker's to reserve)."""
+        return await self.in_thread(self._decode_v2, head, binary, size, max_batch)
 
-    def _reserve_v2(self, head: bytes, binary: bytes) -> Reservation:
-        cost = json_cost(head) + ARRAY_COPIES * len(binary)
-        return self.budget.reserve(cost, f"a v2 request of {len(head)} bytes of JSON and {len(binary)} binary")
+    def _decode_v2(self, head: bytes, binary: bytes, size: int, max_batch: int) -> V2Decoded:
+        what = f"a v2 request of {len(head)} bytes of JSON"
+        with self.budget.reserve(json_cost(head), what):
+            if len(head) <= INLINE_JSON_BYTES:
+                return decode_v2_request(head, binary, size, max_batch)
+            return self._in_process(decode_v2_request, head, binary, size, max_batch)
 
     def _in_process(self, work: Callable[..., T], *args: object) -> T:
         """`work(*args)` in the JSON process, waited for in a decode thread (never on the loop)."""

@@ -18,6 +18,7 @@ import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from numpy.typing import NDArray
 from pydantic import ValidationError
 from starlette.datastructures import Headers, QueryParams
 from starlette.routing import Route
@@ -27,7 +28,7 @@ from agent import __version__
 from agent.errors import BadInput, ExplainUnavailable
 from agent.serving.api import Classification, ClassifyQuery
 from agent.serving.body import receive_body
-from agent.serving.budget import ByteBudget, Reservation
+from agent.serving.budget import ByteBudget
 from agent.serving.codec import (
     ARRAY_COPIES,
     IMAGE_TYPES,
@@ -112,16 +113,13 @@ def classify_handler(state: AppState) -> Callable[[Scope, Receive, Send], Awaita
         body = await receive_body(receive, headers.get("content-length"), settings.max_body_bytes)
         ticket = runner.admit(query.deadline_ms)
         try:
-            prepare, held = await state.decoding.in_thread(
+            prepare = await state.decoding.in_thread(
                 decoder, kind, body, query.region, query.channel_order, state.decoding.budget, largest
             )
         except BaseException:
             runner.release(ticket)
             raise
-        try:
-            outcome = await runner.run(ticket, prepare)
-        finally:
-            held.release()
+        outcome = await runner.run(ticket, prepare)
         await json_response(answer(state, outcome, query.explain))(scope, receive, send)
 
     return classify
@@ -142,10 +140,11 @@ def decoder(
     channel_order: ChannelOrder,
     budget: ByteBudget,
     largest: int,
-) -> tuple[Prepare, Reservation]:
-    """Check the body (image header, array shape, ROI inside the frame) and reserve the memory
-    its decoding for an input of up to `largest` pixels may take; the worker makes the input and
-    gives the memory back. Runs in a decode thread."""
+) -> Prepare:
+    """Check the body (image header, array shape, ROI inside the frame) and what its decoding
+    for an input of up to `largest` pixels may cost (413 past the per-request bound); the worker
+    reserves that memory (503 while others hold the rest), makes the input and gives it back.
+    Runs in a decode thread."""
     if kind in IMAGE_TYPES:
         if channel_order != "rgb":
             raise BadInput("channel_order applies to .npy arrays; an image file carries its own channel order")
@@ -153,29 +152,41 @@ def decoder(
         if roi is not None:
             roi.check(*image.size)
         width, height = image.size
-        held = budget.reserve(image_cost(image, largest, roi), f"a {width}x{height} {image.mode} {image.format} image")
+        what = f"a {width}x{height} {image.mode} {image.format} image"
+        cost = budget.check(image_cost(image, largest, roi), what)
 
         def prepare_image(variant: LoadedVariant) -> np.ndarray:
+            try:
+                held = budget.reserve(cost, what)
+            except BaseException:
+                image.close()
+                raise
             try:
                 return decode_to_input(image, variant.spec.resolution, roi, variant.spec.preprocess.resize)
             finally:
                 release(image)
                 held.release()
 
-        return prepare_image, held
+        return prepare_image
     frame = check_frame(decode_npy(body))
     if roi is not None:
         height, width = frame.shape[:2] if frame.dtype == np.uint8 else frame.shape[2:]
         roi.check(width, height)
-    held = budget.reserve(ARRAY_COPIES * frame.nbytes, f"a {frame.dtype} array of shape {tuple(frame.shape)}")
+    return array_preparer(frame, channel_order, roi, budget)
+
+
+def array_preparer(
+    frame: NDArray[np.float32] | NDArray[np.uint8], channel_order: ChannelOrder, roi: Roi | None, budget: ByteBudget
+) -> Prepare:
+    """The worker's side of a checked array: reserve what fitting it costs, fit it, give it back."""
+    what = f"a {frame.dtype} array of shape {tuple(frame.shape)}"
+    cost = budget.check(ARRAY_COPIES * frame.nbytes, what)
 
     def prepare_array(variant: LoadedVariant) -> np.ndarray:
-        try:
+        with budget.reserve(cost, what):
             return array_to_input(frame, variant.spec.resolution, channel_order, roi, variant.spec.preprocess.resize)
-        finally:
-            held.release()
 
-    return prepare_array, held
+    return prepare_array
 
 
 def answer(state: AppState, outcome: Outcome, explain: bool) -> dict[str, Any]:

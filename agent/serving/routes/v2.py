@@ -27,7 +27,7 @@ from agent.serving.api import (
     V2TensorMeta,
 )
 from agent.serving.body import receive_body
-from agent.serving.codec import V2_INPUT, encode_v2_output, join_v2_body, split_v2_body
+from agent.serving.codec import ARRAY_COPIES, V2_INPUT, encode_v2_output, join_v2_body, split_v2_body
 from agent.serving.envelope import JSON, json_response
 from agent.serving.runner import Outcome
 from agent.serving.state import AppState
@@ -199,37 +199,39 @@ def flag(parameters: dict[str, Any] | None, key: str, where: str, default: bool)
 
 
 async def infer(state: AppState, name: str, request: Request) -> Response:
-    """Body (read by the gate) -> JSON and tensor decoded off the loop, its memory reserved ->
-    request checked -> admission -> run -> the v2 answer."""
+    """Body (read by the gate) -> JSON and tensor decoded off the loop, the JSON's memory
+    reserved meanwhile -> request checked -> admission -> run (the tensor's memory reserved
+    while it is fitted) -> the v2 answer."""
     runner = state.runner
     fixed, size = target(state, name)
     batch = max_batch(state, fixed)
     body = await receive_body(request.receive, request.headers.get("content-length"), state.settings.max_body_bytes)
     head, binary = split_v2_body(body, request.headers.get("inference-header-content-length"))
     del body
-    (req, arr), held = await state.decoding.v2(head, binary, size, batch)
-    try:
-        del head, binary
-        outputs = requested_outputs(req)
-        budget = (req.parameters or {}).get("token_budget")
-        if fixed is not None and budget is not None:
-            if not isinstance(budget, int | float):
-                raise InvalidTensor("parameters.token_budget must be a number")
-            fixed = runner.validate(Config(fixed.variant, float(budget)))
-        order = (req.parameters or {}).get("channel_order", "rgb")
-        if order not in ("rgb", "bgr"):
-            raise InvalidTensor("parameters.channel_order must be rgb or bgr")
-        channel_order: ChannelOrder = "bgr" if order == "bgr" else "rgb"
+    req, arr = await state.decoding.v2(head, binary, size, batch)
+    del head, binary
+    outputs = requested_outputs(req)
+    budget = (req.parameters or {}).get("token_budget")
+    if fixed is not None and budget is not None:
+        if not isinstance(budget, int | float):
+            raise InvalidTensor("parameters.token_budget must be a number")
+        fixed = runner.validate(Config(fixed.variant, float(budget)))
+    order = (req.parameters or {}).get("channel_order", "rgb")
+    if order not in ("rgb", "bgr"):
+        raise InvalidTensor("parameters.channel_order must be rgb or bgr")
+    channel_order: ChannelOrder = "bgr" if order == "bgr" else "rgb"
+    memory = state.decoding.budget
+    what = f"a v2 {arr.dtype} batch of shape {tuple(arr.shape)}"
+    cost = memory.check(ARRAY_COPIES * arr.nbytes, what)
 
-        def prepare(variant: LoadedVariant) -> np.ndarray:
-            spec = variant.spec
+    def prepare(variant: LoadedVariant) -> np.ndarray:
+        spec = variant.spec
+        with memory.reserve(cost, what):
             items = [arr[i : i + 1] if arr.dtype == np.float32 else arr[i] for i in range(len(arr))]
             fitted = [array_to_input(x, spec.resolution, channel_order, resize=spec.preprocess.resize) for x in items]
             return fitted[0] if len(fitted) == 1 else np.concatenate(fitted)
 
-        outcome = await runner.run(runner.admit(None, fixed), prepare)
-    finally:
-        held.release()
+    outcome = await runner.run(runner.admit(None, fixed), prepare)
     return answer(state, name, req.id, outputs, outcome)
 
 
