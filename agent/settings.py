@@ -63,6 +63,35 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(
         default=30.0, gt=0, description="Answer 408 and close if a request body takes longer, from its headers"
     )
+    body_grace_s: float = Field(
+        default=2.0, gt=0, description="A request body's first deadline; each body_min_rate bytes received add 1 s"
+    )
+    body_min_rate: int = Field(
+        default=16 * 1024,
+        ge=0,
+        description="Bytes/s under which a body is cut with 408 once body_grace_s has passed (0: off)",
+    )
+    control_requests: int = Field(
+        default=32,
+        ge=1,
+        le=10_000,
+        description="Status, health, metrics and admin requests handled at once, apart from inference",
+    )
+    max_body_bytes_inflight: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="Declared bytes of the inference bodies held at once (received or being handled); past it 503",
+    )
+    max_decoded_bytes: int = Field(
+        default=128 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Memory one request's decoding may take (estimated from the image header or body); past it 413",
+    )
+    max_decoded_bytes_inflight: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Memory the requests being decoded at once may take together; past it 503 + Retry-After",
+    )
     loop_priority: int = Field(
         default=5,
         ge=0,

@@ -27,6 +27,7 @@ from tests.daemon import DaemonProcess
 
 IDLE_S, HEADER_S, BODY_S = 5.0, 2.0, 1.5
 SLACK_S = 15.0  # a generous upper bound on top of a timeout: the machine may be busy
+BODIES_INFLIGHT = 2 * 1024 * 1024  # max_body_bytes_inflight: a hundred stalled classify bodies
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
         "EDGE_AGENT_IDLE_TIMEOUT_S": str(IDLE_S),
         "EDGE_AGENT_HEADER_TIMEOUT_S": str(HEADER_S),
         "EDGE_AGENT_BODY_TIMEOUT_S": str(BODY_S),
+        "EDGE_AGENT_MAX_BODY_BYTES_INFLIGHT": str(BODIES_INFLIGHT),
     }
     raise_fd_limit()  # this process holds a thousand connections too
     proc = DaemonProcess(tmp_path_factory.mktemp("connections"), env=env).start()
@@ -227,12 +229,12 @@ def test_a_body_that_stalls_gets_408_within_the_body_timeout_and_holds_no_slot(
 
 
 @pytest.mark.daemon
-def test_requests_past_the_limit_get_a_json_503_and_stalled_ones_free_their_slots(
+def test_bodies_past_the_body_memory_budget_get_a_json_503_and_stalled_ones_free_their_bytes(
     daemon: DaemonProcess, png: bytes
 ) -> None:
-    """600 stalled bodies exceed the requests handled at once (queue_size + workers + 256 <= 352
-    with the default queue): those past it are refused at once, the rest time out, and every
-    slot is free again afterwards."""
+    """600 stalled bodies declare more than max_body_bytes_inflight (BODIES_INFLIGHT here): those
+    past it are refused at once, the rest time out, and every byte is free again afterwards.
+    None of them holds an inference place (tests/test_hostile.py: the others are served)."""
     conns = [connect(daemon) for _ in range(600)]
     try:
         for conn in conns:
@@ -243,14 +245,15 @@ def test_requests_past_the_limit_get_a_json_503_and_stalled_ones_free_their_slot
             conn.close()
     refused = [a for a in answers if a.startswith(b"HTTP/1.1 503 ")]
     timed_out = [a for a in answers if not a.startswith(b"HTTP/1.1 503 ")]
-    assert refused and timed_out
+    assert len(timed_out) <= BODIES_INFLIGHT // len(png) and refused
     for answer in refused:
         head, _, body = answer.partition(b"\r\n\r\n")
         assert b"retry-after: 1\r\n" in head.lower() and json.loads(body)["error"]["code"] == "overloaded"
+        assert "body memory" in json.loads(body)["error"]["message"]
     for answer in timed_out:
         assert_json_408(answer)
     with daemon.client() as client:
-        shed = re.search(r'^edge_agent_shed_total\{reason="concurrency"\} (\S+)$', client.metrics(), re.M)
+        shed = re.search(r'^edge_agent_shed_total\{reason="body_memory"\} (\S+)$', client.metrics(), re.M)
     assert shed and float(shed.group(1)) >= len(refused)
     assert_classifies(daemon, png)
 

@@ -315,8 +315,19 @@ def test_an_unknown_key_suggests_a_close_one_elsewhere_or_lists_those_valid_here
         "p.yaml:4:11: allowed.dwel_s: unknown key 'dwel_s'; did you mean 'dwell_s' (under `hysteresis:`)?",
     )
     assert _problems(BASE + "hysteresis: {zzz: 1}\n") == (
-        "p.yaml:4:14: hysteresis.zzz: unknown key 'zzz'; valid keys here: dwell_s, min_switch_interval_s",
+        "p.yaml:4:14: hysteresis: unknown key (like no key of the format, so not repeated here); "
+        "valid keys here: dwell_s, min_switch_interval_s",
     )
+
+
+def test_a_file_that_is_no_policy_is_not_echoed_in_its_errors() -> None:
+    """A policy path pointed at another file (a symlink to a root-only one): its first line,
+    whatever YAML makes of it, appears in no error (issue 20, point 7)."""
+    secret = "hunter2-secret-token"
+    for first_line in (secret, f"{secret}: x", f"root:$6${secret}:19000:0:99999:7:::", f"version: {secret}"):
+        with pytest.raises(PolicyError) as caught:
+            parse_policy(first_line + "\nmore\n", "p.yaml")
+        assert secret not in caught.value.message, caught.value.message
 
 
 @pytest.mark.parametrize(

@@ -24,9 +24,11 @@ from uvicorn.server import ServerState
 from agent.errors import InvalidTensor, Overloaded
 from agent.serving.admission import Clock, LatencyWindow, Ticket
 from agent.serving.app import create_app
+from agent.serving.budget import ByteBudget
+from agent.serving.gate import GateLimits, RequestGate
 from agent.serving.health import VariantHealth
 from agent.serving.metrics import Metrics
-from agent.serving.protocol import AgentProtocol, ConnectionLimits, RequestLimit, protocol_class
+from agent.serving.protocol import AgentProtocol, ConnectionLimits, protocol_class
 from agent.serving.routes.v2 import MAX_BATCH
 from agent.serving.runner import Outcome, Prepare
 from agent.serving.state import AppState
@@ -309,11 +311,16 @@ def test_every_v2_error_is_the_protocols_body_and_other_routes_keep_the_envelope
 
 
 def test_requests_past_the_limit_get_the_error_body_of_their_route(state: AppState) -> None:
-    refused: list[int] = []
-    limited = Client(RequestLimit(create_app(state), 0, lambda: refused.append(1)))
+    bodies = ByteBudget("body memory", 1024, 1024, "max_body_bytes")
+    limited = Client(RequestGate(create_app(state), GateLimits(0, 0, 1024, bodies), state.metrics))
     v2 = limited.get("/v2/health/live")
-    assert v2_error(v2) == (503, "0 requests in progress; try again shortly") and v2.headers["Retry-After"] == "1"
-    assert error(limited.get("/v1/status")) == (503, "overloaded") and len(refused) == 2
+    assert v2_error(v2) == (503, "0 control requests in progress; try again shortly")
+    assert v2.headers["Retry-After"] == "1"
+    assert error(limited.get("/v1/status")) == (503, "overloaded")
+    infer = limited.post("/v2/models/full/infer", json=v2_request([1, 3, SIZE, SIZE]))
+    assert v2_error(infer) == (503, "0 inference requests in progress; try again shortly")
+    assert error(limited.post("/v1/classify", content=b"x" * 2000, headers={"Content-Type": "image/png"}))[0] == 413
+    assert 'edge_agent_shed_total{reason="concurrency"} 3.0' in state.metrics.render().decode()
 
 
 def test_v2_outputs_asked_as_binary_follow_the_json_in_the_order_listed(state: AppState) -> None:
@@ -435,6 +442,18 @@ def test_status_and_metrics_describe_the_runner(state: AppState) -> None:
     assert names and all(name.startswith("edge_agent_") for name in names)
 
 
+def test_status_shows_the_daemons_paths_only_to_admin_peers(state: AppState) -> None:
+    state.last_error = f"{state.settings.policy}:3:1: slo: missing required field"
+    admin = client(state, uid=0).get("/v1/status").json()
+    assert admin["zoo"] == str(state.zoo.directory) and admin["socket"] == str(state.settings.socket)
+    assert str(state.settings.policy) in admin["last_error"]
+    other = client(state, uid=os.getuid() + 12345).get("/v1/status")
+    assert other.status_code == 200 and "zoo" not in other.json() and "socket" not in other.json()
+    for path in (state.settings.zoo, state.settings.socket, state.settings.policy, state.settings.policy.parent):
+        assert str(path) not in other.text, path
+    assert other.json()["last_error"] == f"{state.settings.policy.name}:3:1: slo: missing required field"
+
+
 def test_invalid_tensor_errors_keep_their_code(state: AppState, runner: FakeRunner) -> None:
     runner.fail = InvalidTensor("nope")
     answer = client(state).post("/v1/classify", content=png(), headers={"Content-Type": "image/png"})
@@ -491,6 +510,10 @@ class MockLoop:
     def __init__(self) -> None:
         self.timers: list[MockTimer] = []
         self.tasks: list[Coroutine[Any, Any, None]] = []
+        self.now = 0.0
+
+    def time(self) -> float:
+        return self.now
 
     def call_later(self, delay: float, callback: Callable[..., None], *args: Any) -> MockTimer:
         timer = MockTimer(delay, callback, args)
@@ -508,6 +531,7 @@ class MockLoop:
         """Run the one pending timer, as if its deadline passed."""
         [timer] = self.pending()
         timer.cancelled = True
+        self.now += timer.delay
         timer.callback(*timer.args)
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import resource
 import signal
 import socket
 import time
 from collections.abc import Generator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +38,15 @@ from agent.paths import POLICY_NAME, state_dir
 from agent.policy.store import ReloadResult
 from agent.serving.admission import Clock
 from agent.serving.app import create_app
+from agent.serving.budget import ByteBudget
 from agent.serving.codec import MMAP_THRESHOLD_BYTES, fix_mmap_threshold
+from agent.serving.gate import GateLimits, RequestGate, RequestLimit
 from agent.serving.listener import bind_tcp, bind_unix, remove_socket, socket_identity, systemd_sockets
 from agent.serving.metrics import Metrics
 from agent.serving.metrics_app import PATHS as METRICS_PATHS
 from agent.serving.metrics_app import create_metrics_app
-from agent.serving.priority import BASE_NICE, set_thread_nice
-from agent.serving.protocol import ConnectionLimits, RequestLimit, protocol_class
+from agent.serving.priority import BASE_NICE, as_worker, set_thread_nice
+from agent.serving.protocol import ConnectionLimits, protocol_class
 from agent.serving.runner import Runner
 from agent.serving.state import AppState
 from agent.settings import LIVE_SETTINGS, Settings, load_settings
@@ -89,7 +93,7 @@ class Daemon:
         self.metrics = Metrics()
         self.connection_timeouts = Counter(
             "edge_agent_connection_timeouts_total",
-            "Connections closed for a timeout, by phase (idle, keepalive, headers, body)",
+            "Connections closed for a timeout, by phase (idle, keepalive, headers, body, body_rate)",
             ["phase"],
             registry=self.metrics.registry,
         )
@@ -106,6 +110,7 @@ class Daemon:
         self._stop_signal: int | None = None
         self._reload_requested = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+        self._pin_writer = ThreadPoolExecutor(1, thread_name_prefix="pin-writer", initializer=as_worker)
 
     # -- start ------------------------------------------------------------------------------
 
@@ -187,12 +192,16 @@ class Daemon:
         return self.state_dir.path / "pin.json"
 
     def _save_pin(self) -> None:
-        """Persist the pin (or its removal); a failure is the state directory's to report, once."""
-        if self.state is None:
-            return
-        path = self._pin_file()
+        """Write the pin as it is now, in the pin writer's one thread: the write's fsync may take
+        a busy disk 100 ms, which the event loop (an admin's pin, everyone's status) must not
+        wait for; one thread keeps the writes in order. A failure is the state directory's to
+        report, once."""
+        if self.state is not None:
+            self._pin_writer.submit(self._write_pin, self._pin_file(), self.state.runner.pin_state)
+
+    def _write_pin(self, path: Path, pin: Any) -> None:
         try:
-            save_pin(path, self.state.runner.pin_state)
+            save_pin(path, pin)
         except (OSError, AgentError) as exc:
             self.state_dir.wrote(path.name, exc)
         else:
@@ -377,17 +386,24 @@ class Daemon:
             header_s=s.header_timeout_s,
             body_s=s.body_timeout_s,
             max_header_bytes=s.max_header_bytes,
+            body_grace_s=s.body_grace_s,
+            body_min_rate=s.body_min_rate,
             on_timeout=lambda phase: self.connection_timeouts.labels(phase=phase).inc(),
         )
 
     def _uvicorn_config(self, state: AppState) -> uvicorn.Config:
-        """The requests handled at once are bounded here rather than by uvicorn's
-        limit_concurrency, which also counts idle connections (see agent/serving/protocol.py)."""
+        """The requests handled at once are bounded by the gate rather than by uvicorn's
+        limit_concurrency, which also counts idle connections (see agent/serving/gate.py)."""
         s = self.settings
         limits = self._connection_limits()
-        refused = self.metrics.shed.labels(reason="concurrency")
+        gate = GateLimits(
+            inference=s.queue_size + s.workers + 256,
+            control=s.control_requests,
+            max_body_bytes=s.max_body_bytes,
+            bodies=ByteBudget("body memory", s.max_body_bytes, s.max_body_bytes_inflight, "max_body_bytes"),
+        )
         return uvicorn.Config(
-            RequestLimit(create_app(state), s.queue_size + s.workers + 256, refused.inc),
+            RequestGate(create_app(state), gate, self.metrics),
             http=protocol_class(limits),
             lifespan="off",
             log_config=None,
@@ -456,12 +472,18 @@ class Daemon:
         self.server = _Server(self._uvicorn_config(self.state), self._on_listening)
         if metrics_sock is not None:
             self.metrics_server = _Server(self._metrics_config(self.state), self._metrics_listening)
+        # What start-up made (the zoo, the app, pydantic's schemas) lives as long as the daemon:
+        # kept out of the collector's generations, a full collection amid a flood of connections
+        # walks only what requests made, not tens of thousands of long-lived objects.
+        gc.freeze()
         try:
             # uvicorn.Config(loop=...) only applies inside uvicorn.run(); the loop is chosen here.
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:
                 loop_runner.run(self._serve(sock, metrics_sock))
         finally:
             self.state.runner.close(wait=True)
+            self.state.decoding.close()
+            self._pin_writer.shutdown(wait=True)
             if identity is not None:
                 remove_socket(s.socket, identity)
         log.info("stopped", signal=signal.Signals(self._stop_signal).name if self._stop_signal else None)

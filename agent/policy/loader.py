@@ -186,8 +186,16 @@ def _check_version(root: Node, data: Any, source: str) -> None:
         raise _fail(
             source,
             node.start_mark,
-            f"version: unsupported policy version {version!r}; this edge-agent supports version {supported}",
+            f"version: unsupported policy version {_version_text(version)}; this edge-agent supports version {supported}",
         )
+
+
+def _version_text(version: Any) -> str:
+    """A version as an error shows it: a number, or a short string of digits; anything else is
+    not echoed (the file may be another file, and its text must not reach a log or a status)."""
+    if type(version) in (int, float) or (isinstance(version, str) and version.isdigit() and len(version) <= 4):
+        return repr(version)
+    return f"(a {type(version).__name__}, not repeated here)"
 
 
 # -- public -----------------------------------------------------------------------------------------

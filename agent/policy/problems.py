@@ -179,7 +179,9 @@ def _unknown_key(loc: _Loc) -> str:
     if anywhere:
         where = " or ".join(_render_place(place, loc) for place in PLACES[anywhere[0]])
         return f"unknown key {key!r}; did you mean {anywhere[0]!r} ({where})?"
-    return f"unknown key {key!r}; valid keys here: {', '.join(valid_here)}"
+    # A key that resembles none of the format's is not echoed: the file may not be a policy at
+    # all (a path pointed at another file), and its first line must not reach a log or a status.
+    return f"unknown key (like no key of the format, so not repeated here); valid keys here: {', '.join(valid_here)}"
 
 
 def _explains(extra: _Loc, missing: _Loc) -> bool:
@@ -230,9 +232,12 @@ def _problem(error: ErrorDetails, root: Node, source: str, unknown: dict[_Loc, N
     loc = tuple(error["loc"])
     message = error["msg"].removeprefix("Value error, ")
     node, exact = _walk(root, loc)
+    shown = loc
     if error["type"] == "extra_forbidden" and loc:
         node = unknown[loc]
         message = _unknown_key(loc)
+        if "not repeated" in message:
+            shown = loc[:-1]
     elif error["type"] == "missing":
         message = "missing required field"
         cause = next((extra for extra in unknown if _explains(extra, loc)), None)
@@ -247,7 +252,7 @@ def _problem(error: ErrorDetails, root: Node, source: str, unknown: dict[_Loc, N
         and repr(node.value) not in message
     ):
         message = f"{message} (got {node.value!r})"
-    return f"{at(source, node.start_mark)}: {dotted(loc) or '(top level)'}: {message}"
+    return f"{at(source, node.start_mark)}: {dotted(shown) or '(top level)'}: {message}"
 
 
 def validation_problems(exc: ValidationError, root: Node, source: str) -> list[str]:

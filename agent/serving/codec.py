@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from agent.errors import BadInput, InvalidTensor, UnsupportedMediaType
-from agent.serving.api import V2Tensor
+from agent.serving.api import V2InferRequest, V2Tensor
+from agent.serving.body import parse_json
 from agent.zoo.preprocess import Roi, fit_rgb, to_rgb8
 
 #: Content-Types a classify request may carry: an image, or a float32 .npy tensor.
@@ -37,6 +38,21 @@ TRIM_PIXELS = 1_000_000
 #: across the region: at 1x, the 1/8-scale IDCT's block averaging showed through (up to 1.8/255
 #: mean absolute difference from a full decode + resize); at 2x, 0.44/255.
 DRAFT_OVERSAMPLE = 2
+#: The one input of every model, as the v2 metadata names it.
+V2_INPUT = "image"
+#: Arithmetic-coded JPEG frames (SOF9-SOF15 but DHT/JPG/DAC): no camera writes them, and their
+#: size says nothing about whether they are complete (see `check_jpeg_complete`).
+_JPEG_ARITHMETIC = frozenset({0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_JPEG_DHT, _JPEG_JPG, _JPEG_DAC, _JPEG_SOS = 0xC4, 0xC8, 0xCC, 0xDA
+#: What one decoded JSON value may cost at most as Python objects, by the byte that opens it:
+#: an empty list `[]` is 56 bytes plus the 8 of its slot in the parent, a float 24 + 8.
+JSON_LIST_BYTES, JSON_ITEM_BYTES = 72, 32
+#: Bytes of work one array element may cost once decoded (copies, the resize's image).
+ARRAY_COPIES = 3
+
+
+# A truncated image must fail to decode, not be completed with grey: Pillow's default, stated.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 def _find_malloc_trim() -> Callable[[int], int] | None:
@@ -135,8 +151,8 @@ def _npy_header(head: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]
 
 
 def open_image(body: bytes) -> Image.Image:
-    """Read only the header (cheap, on the event loop): refuse garbage and bombs early.
-    The pixels are decoded later by `Image.load()` in a worker."""
+    """Read only the header: refuse garbage, bombs and truncated JPEGs early. The pixels are
+    decoded later by `Image.load()` in a worker."""
     if not body:
         raise BadInput("empty request body: expected an image")
     try:
@@ -148,7 +164,114 @@ def open_image(body: bytes) -> Image.Image:
     width, height = image.size
     if width < 1 or height < 1 or width * height > MAX_PIXELS:
         raise BadInput(f"image of {width}x{height} pixels is outside the limit of 1..{MAX_PIXELS} pixels")
+    if image.format == "JPEG":
+        check_jpeg_complete(body, width, height)
     return image
+
+
+def check_jpeg_complete(body: bytes, width: int, height: int) -> None:
+    """Refuse a JPEG too short to hold the image its header declares. libjpeg completes such a
+    file with grey and only warns, so Pillow would decode a 631-byte file declaring 6000x6000 in
+    full. A Huffman-coded scan spends at least one bit on each 8x8 block of the largest
+    component (its DC code), so fewer bytes than blocks / 8 after the first scan's header cannot
+    be the whole image. Arithmetic coding has no such floor and is refused."""
+    sof, data_at = _jpeg_first_scan(body)
+    if sof in _JPEG_ARITHMETIC:
+        raise BadInput("arithmetic-coded JPEG is not accepted; send a baseline or progressive (Huffman) JPEG")
+    blocks = math.ceil(width / 8) * math.ceil(height / 8)
+    available = len(body) - data_at if data_at else 0
+    if available < blocks // 8:
+        raise BadInput(
+            f"JPEG is truncated: it declares {width}x{height} pixels, which need at least {blocks // 8} bytes "
+            f"of scan data, but it holds {available}"
+        )
+
+
+def _jpeg_first_scan(body: bytes) -> tuple[int | None, int]:
+    """(its frame marker, where its first scan's data begins; 0 if none) of a JPEG, from the
+    marker segments that precede the scan."""
+    at, sof = 2, None
+    while at + 4 <= len(body):
+        if body[at] != 0xFF:
+            return sof, 0
+        marker = body[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length
+            at += 2
+            continue
+        length = int.from_bytes(body[at + 2 : at + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (_JPEG_DHT, _JPEG_JPG, _JPEG_DAC):
+            sof = marker
+        if marker == _JPEG_SOS:
+            return sof, at + 2 + length
+        at += 2 + length
+    return sof, 0
+
+
+def _pillow_bytes(mode: str) -> int:
+    """Bytes a pixel of `mode` takes in Pillow's memory (three channels are stored in four)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    return 2 if mode.startswith("I;16") else 4
+
+
+def jpeg_draft_size(width: int, height: int, size: int, roi: Roi | None = None) -> tuple[int, int]:
+    """The size a JPEG decodes at in `decode_to_input` (Pillow's draft: the largest of 1/8, 1/4,
+    1/2 that keeps DRAFT_OVERSAMPLE x `size` pixels across the region)."""
+    w, h = (roi.width, roi.height) if roi is not None else (width, height)
+    target = DRAFT_OVERSAMPLE * size
+    want = (math.ceil(target * width / w), math.ceil(target * height / h))
+    reduce = min(width // want[0], height // want[1])
+    scale = next((s for s in (8, 4, 2) if reduce >= s), 1)
+    return (width + scale - 1) // scale, (height + scale - 1) // scale
+
+
+def image_cost(image: Image.Image, size: int, roi: Roi | None = None) -> int:
+    """The most memory decoding `image` (opened, not loaded) for an input of `size` may hold at
+    once, from its header: the decoded pixels, the copies `to_rgb8` makes for its mode and the
+    box-reduced copy before the final resize."""
+    width, height = image.size
+    mode = image.mode
+    if image.format == "JPEG":
+        width, height = jpeg_draft_size(width, height, size, roi)
+        mode = "RGB" if mode in ("RGB", "YCbCr") else mode
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info):
+        convert = (0 if mode == "RGBA" else 4) + 4 + 2  # an RGBA copy, the RGB image, alpha and its inverse
+    elif mode.startswith("I") or mode == "F":
+        convert = 4 + 1 + 1 + 4  # float32 values, their uint8, the grey image, RGB
+    else:
+        convert = 0 if mode == "RGB" else 4
+    return width * height * (_pillow_bytes(mode) + convert + 1)
+
+
+def json_cost(text: bytes) -> int:
+    """The most memory decoding the JSON `text` to Python objects may take: every list as an
+    empty list, every other value as a float, counted by the bytes that open them (both counts
+    are C loops over the bytes: cheap next to the parse)."""
+    return len(text) + JSON_LIST_BYTES * text.count(b"[") + JSON_ITEM_BYTES * (text.count(b",") + 1)
+
+
+def decode_v2_request(
+    head: bytes, binary: bytes, size: int, max_batch: int
+) -> tuple[V2InferRequest, NDArray[np.float32] | NDArray[np.uint8]]:
+    """A v2 request's JSON part as its model and its input tensor as a batch (see
+    `decode_v2_tensor`); the tensor's JSON `data` is dropped from the model once decoded. All of
+    the request's decoding in one call, run off the event loop."""
+    req = parse_json(V2InferRequest, head, InvalidTensor)
+    tensor = v2_input(req)
+    arr = decode_v2_tensor(tensor, binary, size, max_batch)
+    tensor.data = None
+    return req, arr
+
+
+def v2_input(req: V2InferRequest) -> V2Tensor:
+    """The request's one input, named as the metadata names it."""
+    names = [tensor.name for tensor in req.inputs]
+    if names != [V2_INPUT]:
+        raise InvalidTensor(f"inputs: this model takes one input, {V2_INPUT!r}; got {names}")
+    return req.inputs[0]
 
 
 def release(image: Image.Image) -> None:

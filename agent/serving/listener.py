@@ -58,12 +58,22 @@ def systemd_sockets() -> Activated:
 
 
 def _in_use(path: Path) -> bool:
+    """Whether a daemon answers on `path`. A socket this user may not connect to (EACCES) is
+    another user's, live or stale, and neither ours to replace nor proof of a daemon: an error
+    that says so."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:
         probe.connect(str(path))
     except (ConnectionRefusedError, FileNotFoundError):
         return False
+    except PermissionError:
+        st = path.lstat()
+        raise AgentError(
+            f"{path} is a socket of uid {st.st_uid} (mode {stat.S_IMODE(st.st_mode):o}) that uid {os.getuid()} may "
+            "not connect to: left by another user, or their daemon; not replaced. Remove it as that user or root, "
+            "or choose another --socket"
+        ) from None
     except OSError:
         return True  # e.g. a full backlog: someone is there
     finally:

@@ -36,4 +36,5 @@ def as_worker() -> None:
     tid = threading.get_native_id()
     if os.getpriority(os.PRIO_PROCESS, tid) != BASE_NICE:
         set_thread_nice(BASE_NICE)
-    log.info("worker_started", tid=tid, nice=os.getpriority(os.PRIO_PROCESS, tid))
+    name = threading.current_thread().name
+    log.info("worker_started", tid=tid, name=name, nice=os.getpriority(os.PRIO_PROCESS, tid))

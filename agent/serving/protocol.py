@@ -1,6 +1,5 @@
 """What one client connection may hold, and for how long: uvicorn's httptools protocol with the
-peer's credentials and a deadline for every phase of a connection, plus the bound on requests
-handled at once.
+peer's credentials, a deadline for every phase of a connection and a minimum body rate.
 
 uvicorn only times a connection between two requests (keep-alive, armed after a response), so
 a client that never sends a byte, dribbles its headers (slowloris) or stalls mid-body would
@@ -9,8 +8,14 @@ is always in one phase, and each phase but the last has its own deadline:
 
     idle     nothing under way: new, or between requests     closed after idle_s
     headers  a request has begun, its headers are not all in  408, closed, header_s from its first byte
-    body     the request is being handled, its body is not in 408, closed, body_s from its start
+    body     the request is being handled, its body is not in 408, closed, body_s from its start, or
+                                                               sooner when it arrives under min_rate
     -        the request is in and the app works on it         the runner's own admission and deadlines
+
+The body's deadline follows its bytes, as Apache's mod_reqtimeout does: `body_grace_s` from its
+start plus one second for every `body_min_rate` bytes received, never past `body_s`. A client
+that sends a body at 1 byte/s holds its connection for the grace, not for `body_s`; a body sent
+at any rate above the minimum is never cut before `body_s`.
 """
 
 from __future__ import annotations
@@ -23,10 +28,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import structlog
-from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from agent.serving.envelope import error_body, error_response
+from agent.serving.envelope import error_body
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +45,8 @@ class ConnectionLimits:
     header_s: float
     body_s: float
     max_header_bytes: int = 64 * 1024
+    body_grace_s: float = 2.0  # a body's first deadline; each body_min_rate bytes received add a second
+    body_min_rate: int = 0  # bytes/s; 0: only body_s applies
     on_timeout: Callable[[str], None] = lambda phase: None  # e.g. a Prometheus counter by phase
 
 
@@ -56,6 +62,8 @@ class AgentProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._phase: str | None = None
         self._header_bytes = 0
+        self._body_started = 0.0
+        self._body_bytes = self._body_bytes_armed = 0
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family == socket.AF_UNIX:
             pid, uid, gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
@@ -109,7 +117,7 @@ class AgentProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         started = self.cycle is not None and self.cycle.scope is self.scope and not self.pipeline
         if started:  # a pipelined request is timed when it starts (its reading is paused till then)
-            self._arm("body", self.limits.body_s, self.cycle)
+            self._arm_body(self.cycle)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -124,11 +132,26 @@ class AgentProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()  # the idle phase replaces uvicorn's keep-alive timer
         if waiting is not None and not any(cycle is waiting for cycle, _ in self.pipeline):
             if waiting.more_body:  # the pipelined request just started; its body is still to come
-                self._arm("body", self.limits.body_s, waiting)
+                self._arm_body(waiting)
         elif self._phase is None and self.cycle.response_complete:
             self._arm("idle", self.limits.idle_s)
 
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        super().on_body(body)
+
     # -- deadlines ----------------------------------------------------------------------------------
+
+    def _arm_body(self, cycle: RequestResponseCycle) -> None:
+        self._body_started, self._body_bytes, self._body_bytes_armed = self.loop.time(), 0, 0
+        self._arm("body", self._body_allowed_s(), cycle)
+
+    def _body_allowed_s(self) -> float:
+        """Seconds the body may take from its start, given the bytes received so far."""
+        limits = self.limits
+        if not limits.body_min_rate:
+            return limits.body_s
+        return min(limits.body_s, limits.body_grace_s + self._body_bytes / limits.body_min_rate)
 
     def _arm(self, phase: str, seconds: float, cycle: RequestResponseCycle | None = None) -> None:
         self._disarm()
@@ -145,6 +168,23 @@ class AgentProtocol(HttpToolsProtocol):
         self._timer, self._phase = None, None
         if self.transport.is_closing():
             return
+        reason = f"within {seconds:g} s"
+        if phase == "body":
+            elapsed = self.loop.time() - self._body_started
+            allowed = self._body_allowed_s()
+            if self._body_bytes > self._body_bytes_armed and allowed - elapsed > 0.001:
+                self._arm("body", allowed - elapsed, cycle)  # bytes came meanwhile: the deadline moved on
+                self._body_bytes_armed = self._body_bytes
+                return
+            seconds = round(elapsed, 3)
+            if allowed < self.limits.body_s:
+                phase = "body_rate"
+                reason = (
+                    f"at the minimum rate: {self._body_bytes} bytes in {elapsed:.1f} s, under "
+                    f"{self.limits.body_min_rate} bytes/s after the first {self.limits.body_grace_s:g} s"
+                )
+            else:
+                reason = f"within {self.limits.body_s:g} s"
         if phase == "idle" and self.cycle is not None:
             phase = "keepalive"  # a normal end for a client's pooled connection, not a fault
         answering = self.cycle is not None and not self.cycle.response_complete  # no 408 amid another answer
@@ -152,13 +192,13 @@ class AgentProtocol(HttpToolsProtocol):
             self._send_error(
                 408, "Request Timeout", "request_timeout", f"request headers not received within {seconds:g} s"
             )
-        elif phase == "body" and cycle is not None:
+        elif phase in ("body", "body_rate") and cycle is not None:
             if not cycle.response_started:
                 self._send_error(
                     408,
                     "Request Timeout",
                     "request_timeout",
-                    f"request body not received within {seconds:g} s",
+                    f"request body not received {reason}",
                     cycle.scope.get("path", ""),
                 )
             cycle.disconnected = True  # the app's receive() answers http.disconnect; its sends are dropped
@@ -190,31 +230,3 @@ def protocol_class(limits: ConnectionLimits) -> type[AgentProtocol]:
 
     Bound.limits = limits
     return Bound
-
-
-class RequestLimit:
-    """At most `limit` requests handled at once; the rest get a JSON 503 with Retry-After.
-    Used instead of uvicorn's limit_concurrency, which also counts open connections, so that
-    a few hundred idle ones would refuse everyone else."""
-
-    def __init__(self, app: ASGIApp, limit: int, on_refuse: Callable[[], None]) -> None:
-        self.app = app
-        self.limit = limit
-        self.on_refuse = on_refuse
-        self.active = 0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if self.active >= self.limit:
-            self.on_refuse()
-            message = f"{self.active} requests in progress; try again shortly"
-            answer = error_response("overloaded", message, 503, {"Retry-After": "1"}, scope.get("path", ""))
-            await answer(scope, receive, send)
-            return
-        self.active += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.active -= 1

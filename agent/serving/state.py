@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.serving.budget import ByteBudget
+from agent.serving.decoding import Decoding
 from agent.serving.metrics import Metrics
 from agent.serving.runner import Runner
 from agent.settings import Settings
@@ -32,3 +34,10 @@ class AppState:
     reload: Callable[[], Awaitable[dict[str, Any]]] | None = None
     #: More of `GET /v1/status` (the adaptive loop's view); set by the daemon.
     extra_status: Callable[[], dict[str, Any]] | None = None
+    #: Where bodies are decoded, and the memory their decoding may take (from the settings).
+    decoding: Decoding = field(init=False)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        budget = ByteBudget("decode memory", s.max_decoded_bytes, s.max_decoded_bytes_inflight, "max_decoded_bytes")
+        self.decoding = Decoding(max(2, s.workers), budget)

@@ -8,7 +8,7 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
+from PIL import Image, ImageChops
 
 from agent.errors import RoiOutsideFrame
 
@@ -75,10 +75,18 @@ def to_rgb8(image: Image.Image) -> Image.Image:
     if image.mode == "La":  # grey with premultiplied alpha (TIFF): Pillow converts it to LA only
         image = image.convert("LA")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(background, rgba)
+        return _composite_on_black(image if image.mode == "RGBA" else image.convert("RGBA"))
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _composite_on_black(rgba: Image.Image) -> Image.Image:
+    """RGBA over an opaque black background, as RGB: the colour scaled by alpha. Pasting black
+    through the inverted alpha does that in place on the RGB copy (the same pixels as
+    `Image.alpha_composite` over a black image), so a large RGBA frame costs its RGB copy and two
+    one-byte masks, not a background, a composite and its RGB copy besides."""
+    rgb = rgba.convert("RGB")
+    rgb.paste((0, 0, 0), None, ImageChops.invert(rgba.getchannel("A")))
+    return rgb
 
 
 def fit_rgb(

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import os
-
 import structlog
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
@@ -13,6 +11,7 @@ from agent.errors import Forbidden, NotFound
 from agent.serving.api import PinAnswer, PinRequest
 from agent.serving.body import parse_json, receive_body
 from agent.serving.envelope import json_response
+from agent.serving.peers import is_admin, peer_uid
 from agent.serving.state import AppState
 from agent.values import Config
 
@@ -21,19 +20,13 @@ log = structlog.get_logger(__name__)
 PIN_BODY_LIMIT = 64 * 1024
 
 
-def peer_uid(request: Request) -> int | None:
-    state = request.scope.get("state") or {}
-    return state.get("peer_uid")
-
-
 def register(app: FastAPI, state: AppState) -> None:
     """Add the admin routes to `app`."""
     runner = state.runner
 
     def require_admin(request: Request) -> int:
-        uid = peer_uid(request)
-        allowed = {0, os.getuid(), *state.settings.admin_uids}
-        if uid is None or uid not in allowed:
+        uid = peer_uid(request.scope)
+        if uid is None or not is_admin(uid, state.settings):
             log.warning("admin_refused", uid=uid, path=request.url.path)
             raise Forbidden(f"uid {uid} may not call admin routes (allowed: root, the daemon's uid, admin_uids)")
         return uid

@@ -1,8 +1,9 @@
 """`POST /v1/classify`, `GET /v1/status`, `GET /metrics`.
 
-The request path of `/v1/classify`, top to bottom: media type and query -> body (bounded) ->
-admission (the runner's one check, before anything is decoded) -> decode (header on the loop,
-pixels in the worker) -> run -> answer. Every request pays for that path on the event loop, so
+The request path of `/v1/classify`, top to bottom: media type and query -> body (bounded, read
+by the gate before the request takes an inference place) -> admission (the runner's one check,
+before anything is decoded) -> decode (header and memory reservation in a decode thread, pixels
+in the worker) -> run -> answer. Every request pays for that path on the event loop, so
 it is a plain ASGI handler behind the FastAPI route that declares it: FastAPI's per-request
 dependency solving and Request object cost more loop time than the rest of the path.
 """
@@ -14,9 +15,10 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from numpy.typing import NDArray
 from pydantic import ValidationError
 from starlette.datastructures import Headers, QueryParams
 from starlette.routing import Route
@@ -26,16 +28,20 @@ from agent import __version__
 from agent.errors import BadInput, ExplainUnavailable
 from agent.serving.api import Classification, ClassifyQuery
 from agent.serving.body import receive_body
+from agent.serving.budget import ByteBudget
 from agent.serving.codec import (
+    ARRAY_COPIES,
     IMAGE_TYPES,
     check_frame,
     check_media_type,
     decode_npy,
     decode_to_input,
+    image_cost,
     open_image,
     release,
 )
 from agent.serving.envelope import json_response
+from agent.serving.peers import hide_paths, is_admin, peer_uid
 from agent.serving.probes import is_ready, metrics_response
 from agent.serving.runner import Outcome, Prepare
 from agent.serving.state import AppState
@@ -53,8 +59,13 @@ def register(app: FastAPI, state: AppState) -> None:
     serve_raw(app, "/v1/classify", classify_handler(state))
 
     @app.get("/v1/status")
-    async def status() -> Response:
-        return json_response(status_body(state))
+    async def status(request: Request) -> Response:
+        """The daemon's state; the folders and files it uses only for an admin peer."""
+        body = status_body(state)
+        if not is_admin(peer_uid(request.scope), state.settings):
+            body = {k: v for k, v in body.items() if k not in ("zoo", "socket")}
+            body = hide_paths(body, private_paths(state))
+        return json_response(body)
 
     @app.get("/metrics")
     async def metrics_route() -> Response:
@@ -88,6 +99,7 @@ def serve_raw(app: FastAPI, path: str, handler: Callable[[Scope, Receive, Send],
 
 def classify_handler(state: AppState) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     runner, settings = state.runner, state.settings
+    largest = max(v.spec.resolution for v in state.zoo.variants.values())
 
     async def classify(scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
@@ -101,7 +113,9 @@ def classify_handler(state: AppState) -> Callable[[Scope, Receive, Send], Awaita
         body = await receive_body(receive, headers.get("content-length"), settings.max_body_bytes)
         ticket = runner.admit(query.deadline_ms)
         try:
-            prepare = decoder(kind, body, query.region, query.channel_order)
+            prepare = await state.decoding.in_thread(
+                decoder, kind, body, query.region, query.channel_order, state.decoding.budget, largest
+            )
         except BaseException:
             runner.release(ticket)
             raise
@@ -119,30 +133,58 @@ def check_explainable(spec: Variant) -> None:
         )
 
 
-def decoder(kind: str, body: bytes, roi: Roi | None = None, channel_order: ChannelOrder = "rgb") -> Prepare:
-    """Check the body on the loop (image header, array shape, ROI inside the frame); the
-    worker makes the input."""
+def decoder(
+    kind: str,
+    body: bytes,
+    roi: Roi | None,
+    channel_order: ChannelOrder,
+    budget: ByteBudget,
+    largest: int,
+) -> Prepare:
+    """Check the body (image header, array shape, ROI inside the frame) and what its decoding
+    for an input of up to `largest` pixels may cost (413 past the per-request bound); the worker
+    reserves that memory (503 while others hold the rest), makes the input and gives it back.
+    Runs in a decode thread."""
     if kind in IMAGE_TYPES:
         if channel_order != "rgb":
             raise BadInput("channel_order applies to .npy arrays; an image file carries its own channel order")
         image = open_image(body)
         if roi is not None:
             roi.check(*image.size)
+        width, height = image.size
+        what = f"a {width}x{height} {image.mode} {image.format} image"
+        cost = budget.check(image_cost(image, largest, roi), what)
 
         def prepare_image(variant: LoadedVariant) -> np.ndarray:
+            try:
+                held = budget.reserve(cost, what)
+            except BaseException:
+                image.close()
+                raise
             try:
                 return decode_to_input(image, variant.spec.resolution, roi, variant.spec.preprocess.resize)
             finally:
                 release(image)
+                held.release()
 
         return prepare_image
     frame = check_frame(decode_npy(body))
     if roi is not None:
         height, width = frame.shape[:2] if frame.dtype == np.uint8 else frame.shape[2:]
         roi.check(width, height)
+    return array_preparer(frame, channel_order, roi, budget)
+
+
+def array_preparer(
+    frame: NDArray[np.float32] | NDArray[np.uint8], channel_order: ChannelOrder, roi: Roi | None, budget: ByteBudget
+) -> Prepare:
+    """The worker's side of a checked array: reserve what fitting it costs, fit it, give it back."""
+    what = f"a {frame.dtype} array of shape {tuple(frame.shape)}"
+    cost = budget.check(ARRAY_COPIES * frame.nbytes, what)
 
     def prepare_array(variant: LoadedVariant) -> np.ndarray:
-        return array_to_input(frame, variant.spec.resolution, channel_order, roi, variant.spec.preprocess.resize)
+        with budget.reserve(cost, what):
+            return array_to_input(frame, variant.spec.resolution, channel_order, roi, variant.spec.preprocess.resize)
 
     return prepare_array
 
@@ -174,6 +216,14 @@ def answer(state: AppState, outcome: Outcome, explain: bool) -> dict[str, Any]:
     if explain and outcome.prediction.attention is not None:
         result["attention"] = np.round(outcome.prediction.attention[0], 5).tolist()
     return result
+
+
+def private_paths(state: AppState) -> list[str]:
+    """The paths a non-admin's status does not show, longest first (a folder's file before it)."""
+    s = state.settings
+    paths = {str(s.zoo), str(state.zoo.directory), str(s.socket), str(s.socket.parent), str(s.policy)}
+    paths |= {str(s.policy.parent), str(s.state_dir) if s.state_dir else ""}
+    return sorted((p for p in paths if p not in ("", ".", "/")), key=len, reverse=True)
 
 
 def status_body(state: AppState) -> dict[str, Any]:

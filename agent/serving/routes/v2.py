@@ -24,11 +24,10 @@ from agent.serving.api import (
     V2InferRequest,
     V2ModelMetadata,
     V2RequestedOutput,
-    V2Tensor,
     V2TensorMeta,
 )
-from agent.serving.body import parse_json, receive_body
-from agent.serving.codec import decode_v2_tensor, encode_v2_output, join_v2_body, split_v2_body
+from agent.serving.body import receive_body
+from agent.serving.codec import ARRAY_COPIES, V2_INPUT, encode_v2_output, join_v2_body, split_v2_body
 from agent.serving.envelope import JSON, json_response
 from agent.serving.probes import is_ready, live_response, ready_response
 from agent.serving.runner import Outcome
@@ -39,7 +38,7 @@ from agent.zoo.sessions import LoadedVariant
 
 #: The one version of each model: models are not versioned, the zoo is (its manifest).
 VERSION = "1"
-INPUT = "image"
+INPUT = V2_INPUT
 #: The outputs, in the order an answer lists them, and their datatypes.
 OUTPUTS = {"probabilities": "FP32", "label": "BYTES"}
 #: The largest batch one request may carry. A batch runs on one worker, in one call: 32 images
@@ -199,23 +198,18 @@ def flag(parameters: dict[str, Any] | None, key: str, where: str, default: bool)
     return value
 
 
-def the_input(req: V2InferRequest) -> V2Tensor:
-    """The request's one input, named as the metadata names it."""
-    names = [tensor.name for tensor in req.inputs]
-    if names != [INPUT]:
-        raise InvalidTensor(f"inputs: this model takes one input, {INPUT!r}; got {names}")
-    return req.inputs[0]
-
-
 async def infer(state: AppState, name: str, request: Request) -> Response:
-    """Body -> request checked -> admission -> tensor -> run -> the v2 answer."""
+    """Body (read by the gate) -> JSON and tensor decoded off the loop, the JSON's memory
+    reserved meanwhile -> request checked -> admission -> run (the tensor's memory reserved
+    while it is fitted) -> the v2 answer."""
     runner = state.runner
     fixed, size = target(state, name)
     batch = max_batch(state, fixed)
     body = await receive_body(request.receive, request.headers.get("content-length"), state.settings.max_body_bytes)
     head, binary = split_v2_body(body, request.headers.get("inference-header-content-length"))
-    req = parse_json(V2InferRequest, head, InvalidTensor)
-    tensor = the_input(req)
+    del body
+    req, arr = await state.decoding.v2(head, binary, size, batch)
+    del head, binary
     outputs = requested_outputs(req)
     budget = (req.parameters or {}).get("token_budget")
     if fixed is not None and budget is not None:
@@ -226,20 +220,19 @@ async def infer(state: AppState, name: str, request: Request) -> Response:
     if order not in ("rgb", "bgr"):
         raise InvalidTensor("parameters.channel_order must be rgb or bgr")
     channel_order: ChannelOrder = "bgr" if order == "bgr" else "rgb"
-    ticket = runner.admit(None, fixed)
-    try:
-        arr = decode_v2_tensor(tensor, binary, size, batch)
-    except BaseException:
-        runner.release(ticket)
-        raise
+    memory = state.decoding.budget
+    what = f"a v2 {arr.dtype} batch of shape {tuple(arr.shape)}"
+    cost = memory.check(ARRAY_COPIES * arr.nbytes, what)
 
     def prepare(variant: LoadedVariant) -> np.ndarray:
         spec = variant.spec
-        items = [arr[i : i + 1] if arr.dtype == np.float32 else arr[i] for i in range(len(arr))]
-        fitted = [array_to_input(x, spec.resolution, channel_order, resize=spec.preprocess.resize) for x in items]
-        return fitted[0] if len(fitted) == 1 else np.concatenate(fitted)
+        with memory.reserve(cost, what):
+            items = [arr[i : i + 1] if arr.dtype == np.float32 else arr[i] for i in range(len(arr))]
+            fitted = [array_to_input(x, spec.resolution, channel_order, resize=spec.preprocess.resize) for x in items]
+            return fitted[0] if len(fitted) == 1 else np.concatenate(fitted)
 
-    return answer(state, name, req.id, outputs, await runner.run(ticket, prepare))
+    outcome = await runner.run(runner.admit(None, fixed), prepare)
+    return answer(state, name, req.id, outputs, outcome)
 
 
 def answer(
