@@ -16,7 +16,7 @@ import signal
 import socket
 import time
 from collections.abc import Generator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,8 @@ class Daemon:
         self._reload_requested = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._pin_writer = ThreadPoolExecutor(1, thread_name_prefix="pin-writer", initializer=as_worker)
+        self._pin_written: Future[None] = Future()
+        self._pin_written.set_result(None)
 
     # -- start ------------------------------------------------------------------------------
 
@@ -156,6 +158,7 @@ class Daemon:
         state.reload = self.reload
         self._signatures = trust.status() if trust else {"required": False}
         state.extra_status = self._status
+        state.pin_saved = self._pin_saved
         self._restore_pin(runner)
         return state
 
@@ -197,7 +200,12 @@ class Daemon:
         wait for; one thread keeps the writes in order. A failure is the state directory's to
         report, once."""
         if self.state is not None:
-            self._pin_writer.submit(self._write_pin, self._pin_file(), self.state.runner.pin_state)
+            self._pin_written = self._pin_writer.submit(self._write_pin, self._pin_file(), self.state.runner.pin_state)
+
+    async def _pin_saved(self) -> None:
+        """Until the last pin write is done: an admin's pin is answered once it would survive a
+        crash, and the loop serves everyone else meanwhile."""
+        await asyncio.wrap_future(self._pin_written)
 
     def _write_pin(self, path: Path, pin: Any) -> None:
         try:

@@ -34,6 +34,8 @@ class AppState:
     reload: Callable[[], Awaitable[dict[str, Any]]] | None = None
     #: More of `GET /v1/status` (the adaptive loop's view); set by the daemon.
     extra_status: Callable[[], dict[str, Any]] | None = None
+    #: Waits until the pin in force is on disk (set by the daemon; None: nothing is persisted).
+    pin_saved: Callable[[], Awaitable[None]] | None = None
     #: Where bodies are decoded, and the memory their decoding may take (from the settings).
     decoding: Decoding = field(init=False)
 

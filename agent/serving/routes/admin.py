@@ -36,11 +36,16 @@ def register(app: FastAPI, state: AppState) -> None:
         body = await receive_body(request.receive, request.headers.get("content-length"), PIN_BODY_LIMIT)
         req = parse_json(PinRequest, body or b"{}")
         made = runner.pin(Config.parse(req.config), req.seconds, req.reason)
+        if state.pin_saved is not None:
+            await state.pin_saved()
         return json_response(PinAnswer(config=str(made.config), until=made.until, reason=made.reason).model_dump())
 
     @app.delete("/v1/pin")
     async def unpin(_: int = Depends(require_admin)) -> Response:
-        return json_response({"unpinned": runner.unpin("unpinned by admin")})
+        unpinned = runner.unpin("unpinned by admin")
+        if state.pin_saved is not None:
+            await state.pin_saved()
+        return json_response({"unpinned": unpinned})
 
     @app.post("/v1/policy/reload")
     async def reload(_: int = Depends(require_admin)) -> Response:
