@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -88,6 +89,31 @@ def test_whole_build_pipeline_on_a_tiny_config(tmp_path: Path) -> None:
 
     device = DeviceProfile.model_validate_json((tmp_path / "device.json").read_text())
     assert set(device.variants) == names
+    _rescore_restores_the_outcomes(out)
+
+
+def _rescore_restores_the_outcomes(zoo: Path) -> None:
+    """The build keeps every test figure's per-image outcomes; `model_zoo.rescore` writes the
+    same ones into a manifest that lacks them, and refuses (writing nothing) when a figure does
+    not match what it scores."""
+    built = json.loads((zoo / "manifest.json").read_text())
+    points = [p for v in built["variants"] for p in v["accuracy"]]
+    assert points and all(p["test_hits"] for p in points)
+    stripped = json.loads(json.dumps(built))
+    for v in stripped["variants"]:
+        for p in v["accuracy"]:
+            p["test_hits"] = None
+    (zoo / "manifest.json").write_text(json.dumps(stripped))
+    rescore = [sys.executable, "-m", "model_zoo.rescore", "--zoo", str(zoo), "--threads", "1"]
+    done = subprocess.run(rescore, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    again = json.loads((zoo / "manifest.json").read_text())
+    assert [p["test_hits"] for v in again["variants"] for p in v["accuracy"]] == [p["test_hits"] for p in points]
+    stripped["variants"][0]["accuracy"][0]["test"] = 0.0001
+    (zoo / "manifest.json").write_text(json.dumps(stripped))
+    refused = subprocess.run(rescore, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert refused.returncode != 0 and "figures differ from the manifest, nothing written" in refused.stderr
+    assert json.loads((zoo / "manifest.json").read_text()) == stripped
 
 
 @pytest.mark.daemon  # not a daemon, but as slow: a torch build
