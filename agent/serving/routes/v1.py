@@ -49,6 +49,8 @@ from agent.zoo.manifest import Variant
 from agent.zoo.preprocess import ChannelOrder, Roi, array_to_input
 from agent.zoo.sessions import LoadedVariant
 
+#: Bodies up to this size are checked on the event loop (see `classify`); larger ones in a thread.
+INLINE_CHECK_BYTES = 256 * 1024
 STATUS_WINDOW_S = 10.0  # span of the latency percentiles in /v1/status
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 
@@ -112,9 +114,12 @@ def classify_handler(state: AppState) -> Callable[[Scope, Receive, Send], Awaita
             check_explainable(runner.zoo.variants[runner.current.variant].spec)
         body = await receive_body(receive, headers.get("content-length"), settings.max_body_bytes)
         ticket = runner.admit(query.deadline_ms)
+        args = (kind, body, query.region, query.channel_order, state.decoding.budget, largest)
         try:
-            prepare = await state.decoding.in_thread(
-                decoder, kind, body, query.region, query.channel_order, state.decoding.budget, largest
+            # A small body's check is bounded work (an image header, a 64k-value finiteness test:
+            # tens of microseconds), cheaper on the loop than a hop to a decode thread and back.
+            prepare = (
+                decoder(*args) if len(body) <= INLINE_CHECK_BYTES else await state.decoding.in_thread(decoder, *args)
             )
         except BaseException:
             runner.release(ticket)
@@ -144,7 +149,7 @@ def decoder(
     """Check the body (image header, array shape, ROI inside the frame) and what its decoding
     for an input of up to `largest` pixels may cost (413 past the per-request bound); the worker
     reserves that memory (503 while others hold the rest), makes the input and gives it back.
-    Runs in a decode thread."""
+    Runs in a decode thread, or on the loop for a small body (`INLINE_CHECK_BYTES`)."""
     if kind in IMAGE_TYPES:
         if channel_order != "rgb":
             raise BadInput("channel_order applies to .npy arrays; an image file carries its own channel order")
