@@ -48,11 +48,12 @@ from agent.cli.scenario import (
     summarize,
 )
 from agent.client import Client
+from agent.control.controller import options_from_manifest, tiers
 from agent.control.rules import resolve
 from agent.paths import default_zoo_dir
 from agent.policy.loader import load_policy
 from agent.telemetry.snapshot import Snapshot
-from agent.zoo.manifest import load_manifest
+from agent.zoo.manifest import latency_table, load_manifest
 from bench.common import RESULTS, header, md_table, write_results
 
 
@@ -213,14 +214,13 @@ def idle_choice(run: dict[str, Any], phase: int, allowed_best: set[str], phase_s
 
 
 def most_accurate_set() -> set[str]:
-    """The most accurate configuration of the test table and those tied with it (inside its 95%
-    interval), as the controller ranks them with no rule in force."""
+    """The controller's most accurate tier of the test table (the most accurate configuration
+    and those its paired tests or interval cannot tell from it), as it ranks them with no rule
+    in force."""
     manifest = load_manifest(default_zoo_dir() / "manifest.json")
-    points = [(v.accuracy_point(b), f"{v.name}@{b:g}") for v in manifest.variants for b in v.budgets]
-    known = [(p, name) for p, name in points if p is not None]
-    best = max(known, key=lambda x: x[0].test)[0]
-    floor = best.test_ci[0] if best.test_ci else best.test
-    return {name for p, name in known if p.test >= floor}
+    options = options_from_manifest(manifest, latency_table(manifest, None), {v.name for v in manifest.variants}, 1, 99)
+    tier = tiers(options)
+    return {str(o.config) for o in options if tier[o.config] == 0}
 
 
 def main() -> None:
