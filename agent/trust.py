@@ -9,10 +9,8 @@ files, words the refusals in one line each, and writes signatures for `edge-agen
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from pathlib import Path
 import minisign
 
 from agent.errors import AgentError
+from agent.private_files import write_atomic
 
 SIGNATURE_SUFFIX = ".minisig"
 #: A .minisig is four lines; its trusted comment is at most 8 KiB. Anything larger is not one.
@@ -165,22 +164,5 @@ def sign_file(path: Path, secret: minisign.SecretKey) -> Path:
     comment = f"timestamp:{int(time.time())}\tfile:{path.name}\thashed"
     signature = secret.sign(data, prehash=True, trusted_comment=comment)
     out = signature_path(path)
-    _write_atomic(out, bytes(signature) + b"\n")
+    write_atomic(out, bytes(signature) + b"\n", 0o644)  # public, and the daemon's user reads it
     return out
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Unique temp file beside `path`, mode 0644 (a signature is public, and the daemon's user
-    must read it), fsync, rename over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), 0o644)
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from agent.paths import default_zoo_dir
+from agent.private_files import write_atomic
 from agent.zoo.evaluation import batch_inputs, correct_mask
 from agent.zoo.manifest import MANIFEST_NAME, Manifest, Variant, load_manifest
 from agent.zoo.sessions import SessionSettings, open_variant
@@ -70,28 +70,14 @@ def rescore(zoo: Path, threads: int) -> Manifest:
     return manifest.model_copy(update={"variants": variants})
 
 
-def write_manifest(zoo: Path, manifest: Manifest) -> None:
-    """Replace manifest.json whole (temp file in the same folder, fsync, rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=zoo)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(manifest.model_dump_json(indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, zoo / MANIFEST_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--zoo", type=Path, default=default_zoo_dir())
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="configurations scored at once")
     args = ap.parse_args(argv)
     manifest = rescore(args.zoo, args.threads)
-    write_manifest(args.zoo, manifest)
+    # Replaced whole: a reader (or a crash) sees the old manifest or the new one.
+    write_atomic(args.zoo / MANIFEST_NAME, (manifest.model_dump_json(indent=2) + "\n").encode(), 0o644)
     points = sum(len(v.accuracy) for v in manifest.variants)
     print(f"{args.zoo / MANIFEST_NAME}: per-image outcomes of {points} test figures written", file=sys.stderr)
 
