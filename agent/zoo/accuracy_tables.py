@@ -18,7 +18,6 @@ profile is): a variant rebuilt or replaced since is left out of it, not ranked b
 from __future__ import annotations
 
 import datetime as dt
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -101,13 +100,13 @@ def manifest_table(manifest: Manifest, name: Literal["test", "shifted"]) -> Accu
     build's shifted split size where the manifest records it, else the figure stands alone."""
     shifted_n = manifest.build.config.get("shifted_size") if manifest.build else None
     estimates: dict[Config, Estimate] = {}
-    outcomes = _outcomes(manifest) if name == "test" else {}
+    pairs = _all_pairs(_outcomes(manifest)) if name == "test" else {}
     for variant in manifest.variants:
         for point in variant.accuracy:
             config = Config(variant.name, point.budget)
             if name == "test":
                 low, high = point.test_ci or (point.test, point.test)
-                paired = _all_pairs(config, outcomes) if outcomes else _paired(variant.name, point, variant)
+                paired = pairs[config] if pairs else _paired(variant.name, point, variant)
                 estimates[config] = Estimate(point.test, low, high, point.test_n, paired)
             elif point.shifted is not None:
                 if isinstance(shifted_n, int) and shifted_n > 0:
@@ -135,23 +134,14 @@ def _outcomes(manifest: Manifest) -> dict[Config, NDArray[np.bool_]]:
     return out if len({len(h) for h in out.values()}) == 1 else {}
 
 
-@functools.lru_cache(maxsize=4096)
-def _mcnemar_cached(a: bytes, b: bytes, n: int) -> float:
-    return mcnemar_exact(
-        np.unpackbits(np.frombuffer(a, np.uint8))[:n].astype(bool),
-        np.unpackbits(np.frombuffer(b, np.uint8))[:n].astype(bool),
-    )
-
-
-def _all_pairs(config: Config, outcomes: dict[Config, NDArray[np.bool_]]) -> dict[Config, float]:
-    """Paired tests of `config` against every other configuration scored on the same images."""
-    mine = outcomes[config]
-    packed = np.packbits(mine).tobytes()
-    return {
-        other: _mcnemar_cached(*sorted((packed, np.packbits(hits).tobytes())), len(mine))
-        for other, hits in outcomes.items()
-        if other != config
-    }
+def _all_pairs(outcomes: dict[Config, NDArray[np.bool_]]) -> dict[Config, dict[Config, float]]:
+    """Paired tests between every two configurations scored on the same images, each pair once."""
+    out: dict[Config, dict[Config, float]] = {c: {} for c in outcomes}
+    items = list(outcomes.items())
+    for i, (a, hits_a) in enumerate(items):
+        for b, hits_b in items[i + 1 :]:
+            out[a][b] = out[b][a] = mcnemar_exact(hits_a, hits_b)
+    return out
 
 
 def _paired(name: str, point: AccuracyPoint, variant: Variant) -> dict[Config, float]:
