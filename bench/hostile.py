@@ -22,7 +22,7 @@ from typing import Any
 from PIL import Image
 
 from agent.cli.launch import running_daemon
-from agent.daemon.lifecycle import raise_fd_limit
+from agent.daemon.preflight import raise_fd_limit
 from bench.common import header, md_table, write_results
 from model_zoo import data
 from tests import hostile

@@ -16,6 +16,8 @@ blur, texture scales and finer defects, to measure robustness.
 from __future__ import annotations
 
 import itertools
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -298,14 +300,44 @@ def sample(seed: int, split: str, index: int, size: int = 128) -> Sample:
     return render(rng, index % len(CLASSES), size=size, shifted=split == "shifted")
 
 
-def generate(split: str, count: int, seed: int = 0, size: int = 128) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
-    """A whole split as (N, H, W, 3) uint8 images and (N,) labels."""
-    images = np.empty((count, size, size, 3), dtype=np.uint8)
-    labels = np.empty(count, dtype=np.int64)
-    for i in range(count):
+def _generate_range(
+    split: str, start: int, stop: int, seed: int, size: int
+) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+    images = np.empty((stop - start, size, size, 3), dtype=np.uint8)
+    labels = np.empty(stop - start, dtype=np.int64)
+    for i in range(start, stop):
         s = sample(seed, split, i, size)
-        images[i], labels[i] = s.image, s.label
+        images[i - start], labels[i - start] = s.image, s.label
     return images, labels
+
+
+#: Fewest images per worker process: below it the processes cost more than they save.
+MIN_IMAGES_PER_WORKER = 500
+
+
+def generate(
+    split: str, count: int, seed: int = 0, size: int = 128, workers: int = 1
+) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+    """A whole split as (N, H, W, 3) uint8 images and (N,) labels. With `workers` > 1 the
+    images are drawn in that many processes (the build's 12,000 took 80 s on one core); the
+    result is the same, since every image is a pure function of (seed, split, index)."""
+    workers = max(1, min(workers, count // MIN_IMAGES_PER_WORKER))
+    if workers == 1:
+        return _generate_range(split, 0, count, seed, size)
+    bounds = np.linspace(0, count, workers + 1).astype(int)
+    # spawn, not fork: the build forks from a process whose torch thread pool is running.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = list(
+            pool.map(
+                _generate_range,
+                [split] * workers,
+                bounds[:-1].tolist(),
+                bounds[1:].tolist(),
+                [seed] * workers,
+                [size] * workers,
+            )
+        )
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def load_image_folder(

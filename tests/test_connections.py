@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from PIL import Image
 
-from agent.daemon.lifecycle import raise_fd_limit
+from agent.daemon.preflight import raise_fd_limit
 from agent.errors import AgentError
 from agent.settings import load_settings
 from model_zoo import data

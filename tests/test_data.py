@@ -49,3 +49,10 @@ def test_only_the_shifted_split_draws_finer_defects(monkeypatch: pytest.MonkeyPa
     assert set(scales("train")) == set(scales("test")) == {1.0}
     shifted = scales("shifted")
     assert len(shifted) == 2 * len(data.CLASSES) and all(low <= s <= high for s in shifted) and min(shifted) < 0.9
+
+
+def test_a_split_drawn_in_two_processes_is_the_same_split() -> None:
+    count = 2 * data.MIN_IMAGES_PER_WORKER
+    one = data.generate("val", count, seed=3, size=32)
+    two = data.generate("val", count, seed=3, size=32, workers=2)
+    assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])

@@ -25,7 +25,7 @@ import pytest
 from rich.console import Console
 
 from agent.cli.status_view import render_status
-from agent.cli.zoo import _write_state
+from agent.cli.zoo_files import write_state
 from agent.client import Client, ClientError
 from agent.daemon.adaptive import AdaptiveLoop
 from agent.daemon.pin_file import load_pin, save_pin
@@ -252,11 +252,11 @@ def write_pin(path: Path, n: int) -> None:
 
 
 def write_profile(path: Path, n: int) -> None:
-    _write_state(Located(path, "--out"), profile_version(n))  # what `zoo profile` calls
+    write_state(Located(path, "--out"), profile_version(n))  # what `zoo profile` calls
 
 
 def write_site(path: Path, n: int) -> None:
-    _write_state(Located(path, "--state-dir"), site_version(n))  # what `zoo eval --save` calls
+    write_state(Located(path, "--state-dir"), site_version(n))  # what `zoo eval --save` calls
 
 
 def naive_write(render: Callable[[int], str]) -> Callable[[Path, int], None]:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent.daemon.lifecycle import raise_fd_limit
+from agent.daemon.preflight import raise_fd_limit
 from agent.errors import AgentError, Overloaded, PayloadTooLarge
 from agent.serving.budget import ByteBudget
 from agent.serving.codec import image_cost, open_image

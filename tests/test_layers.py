@@ -1,6 +1,7 @@
 """The layering holds where it matters at run time: the pure parts and the light CLI commands
 load no onnxruntime (each checked in a fresh interpreter, so nothing imported by another test
-hides a leak), and CI runs the import-linter contracts of pyproject.toml."""
+hides a leak), CI runs the import-linter contracts of pyproject.toml, and no module or
+function grows past a size a newcomer can read."""
 
 from __future__ import annotations
 
@@ -89,3 +90,22 @@ def test_ci_runs_the_readme_test_command_and_it_checks_the_import_contracts() ->
     assert ".venv/bin/lint-imports" in command and command.endswith(".venv/bin/pytest")
     for tool in ("minisign", "promtool", "systemd-analyze"):
         assert tool in ci
+
+
+#: A module a newcomer reads in one sitting, a function that fits on a screen (issue 14).
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 80
+
+
+def test_no_module_or_function_of_the_package_outgrows_its_size() -> None:
+    too_long: list[str] = []
+    for path in sorted((REPO / "agent").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        name = path.relative_to(REPO)
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            too_long.append(f"{name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    too_long.append(f"{name}:{node.lineno} {node.name}: {length} lines")
+    assert not too_long, too_long

@@ -54,17 +54,17 @@ def own(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def zoo(own: dict[str, Path]) -> Path:
-    from agent.cli.zoo import _decode_files, _image_folder
+    from agent.cli.zoo_files import decode_files, image_folder
 
     out = own["root"] / "zoo"
-    files, labels = _image_folder(own["images"], CLASSES)
+    files, labels = image_folder(own["images"], CLASSES)
     manifest = import_models(
         out,
         {"full": own["model"], "small": own["small"]},
         CLASSES,
         Preprocess(mean=MEAN, std=STD),
         int8=True,
-        calibration=Calibration(lambda size, resize: _decode_files(files, size, resize), labels),
+        calibration=Calibration(lambda size, resize: decode_files(files, size, resize), labels),
         log=lambda m: None,
     )
     assert [v.name for v in manifest.variants] == ["full", "small", "int8"]

@@ -3,30 +3,33 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from agent.cli.zoo_files import check_writable, console, decode_files, fail, image_folder, in_state_dir, write_state
+from agent.cli.zoo_import import import_
 from agent.errors import ZooError
-from agent.paths import DEVICE_PROFILE_NAME, SITE_ACCURACY_NAME, Located, default_zoo_dir, locate_state_dir
-from agent.private_files import SHARED_FILE_MODE, write_atomic
+from agent.paths import DEVICE_PROFILE_NAME, SITE_ACCURACY_NAME, Located, default_zoo_dir
 from agent.values import BUDGETS
 from agent.zoo.manifest import MANIFEST_NAME, DeviceProfile, ProfiledVariant, load_manifest
 from agent.zoo.stats import format_p
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import numpy as np
 
-    from agent.zoo.importer import Calibration
+    from agent.zoo.accuracy_tables import SitePoint
+    from agent.zoo.sessions import Zoo
+
 
 app = typer.Typer(help="The model zoo: variants, manifest, build and profile.", no_args_is_help=True)
-console = Console(width=max(Console().width, 130))
+app.command("import")(import_)
 
 ZooOpt = Annotated[Path, typer.Option("--zoo", help="Zoo folder (with manifest.json).")]
 StateDirOpt = Annotated[
@@ -39,18 +42,13 @@ StateDirOpt = Annotated[
 ]
 
 
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {escape(message)}")
-    raise typer.Exit(1)
-
-
 @app.command()
 def info(zoo: ZooOpt = default_zoo_dir()) -> None:
     """A table of the variants: size, tokens, accuracy and latency per budget."""
     try:
         manifest = load_manifest(zoo / MANIFEST_NAME)
     except ZooError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     table = Table(title=f"{manifest.name} ({zoo})")
     for col in (
         "variant",
@@ -108,7 +106,7 @@ def verify(zoo: ZooOpt = default_zoo_dir()) -> None:
 
         results = verify_zoo(zoo)
     except ZooError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     for name, error in results.items():
         console.print(f"[green]ok[/green]   {name}" if error is None else f"[red]FAIL[/red] {name}: {error}")
     if any(results.values()):
@@ -140,28 +138,28 @@ def evaluate(
     """Accuracy of every variant x budget, run through onnxruntime, on your images (--data) or
     on a synthetic split. With --data --save it becomes the site table a running daemon picks up."""
 
-    from agent.zoo.accuracy_tables import SitePoint, site_table_file
-    from agent.zoo.evaluation import batch_inputs, correct_mask
+    from agent.zoo.accuracy_tables import site_table_file
+    from agent.zoo.evaluation import batch_inputs
     from agent.zoo.sessions import SessionSettings, open_zoo
 
     if save and data is None:
-        _fail("--save needs --data: the site table is measured on your own images")
-    site_file = _in_state_dir(state_dir, SITE_ACCURACY_NAME) if save else None
+        fail("--save needs --data: the site table is measured on your own images")
+    site_file = in_state_dir(state_dir, SITE_ACCURACY_NAME) if save else None
     if site_file is not None:
-        _check_writable(site_file)
+        check_writable(site_file)
     try:
         loaded = open_zoo(zoo, SessionSettings(intra_threads=2))
     except ZooError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     for name, reason in loaded.failures.items():
         console.print(f"[red]skipped {name}[/red]: {escape(reason)}")
     classes = list(loaded.manifest.classes)
     if data is not None:
-        files, labels = _image_folder(data, classes)
+        files, labels = image_folder(data, classes)
         title = f"accuracy on {len(files)} images of {data}"
 
         def inputs_at(size: int, resize: str) -> np.ndarray:
-            return _decode_files(files, size, resize)
+            return decode_files(files, size, resize)
 
     else:
         from model_zoo import data as synthetic
@@ -173,6 +171,20 @@ def evaluate(
 
         def inputs_at(size: int, resize: str) -> np.ndarray:
             return batch_inputs(images, size, resize)
+
+    table, points = _score(loaded, labels, inputs_at, title)
+    console.print(table)
+    if site_file is not None and data is not None:
+        out = write_state(site_file, site_table_file(str(data.resolve()), classes, points))
+        console.print(f"wrote {escape(out)}; a daemon whose policy says `accuracy: site` ranks by it from now on")
+
+
+def _score(
+    loaded: Zoo, labels: np.ndarray, inputs_at: Callable[[int, str], np.ndarray], title: str
+) -> tuple[Table, list[SitePoint]]:
+    """Every variant x budget scored on the images (decoded once per input size and resize)."""
+    from agent.zoo.accuracy_tables import SitePoint
+    from agent.zoo.evaluation import correct_mask
 
     table = Table(title=title)
     table.add_column("variant")
@@ -201,220 +213,7 @@ def evaluate(
             )
             row.append(f"{hits.mean():.1%}")
         table.add_row(name, *row)
-    console.print(table)
-    if site_file is not None and data is not None:
-        out = _write_state(site_file, site_table_file(str(data.resolve()), classes, points))
-        console.print(f"wrote {escape(out)}; a daemon whose policy says `accuracy: site` ranks by it from now on")
-
-
-def _write_state(out: Located, text: str) -> str:
-    """Write `text` to the file `out` whole (the daemon may read it at any moment, and a crash
-    or power cut meanwhile must leave the old file or the new one, never a torn one); the message
-    names the file and how its place was chosen."""
-    _check_writable(out)
-    try:
-        write_atomic(out.path, text.encode("utf-8"), SHARED_FILE_MODE)  # root may write it; the service reads it
-    except OSError as exc:
-        _cannot_write(out, exc.strerror or str(exc), isinstance(exc, PermissionError))
-    return str(out)
-
-
-def _check_writable(out: Located) -> None:
-    """Fail before a long measurement, not after it, when its result could not be written."""
-    folder = out.path.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        _cannot_write(out, f"{folder} is not a folder", denied=False)
-    except OSError as exc:
-        _cannot_write(out, exc.strerror or str(exc), isinstance(exc, PermissionError))
-    if not os.access(folder, os.W_OK):
-        _cannot_write(out, "Permission denied", denied=True)
-
-
-def _cannot_write(out: Located, reason: str, denied: bool) -> None:
-    """The service's state directory belongs to the service's user: say so when refused."""
-    hint = "run as the daemon's user (sudo -u edge-agent for the service) or " if denied else ""
-    option = "--out" if out.how == "--out" else "--state-dir"
-    _fail(f"cannot write {out}: {reason}; {hint}choose another place with {option}")
-
-
-def _in_state_dir(state_dir: Path | None, name: str) -> Located:
-    """The file `name` in the state directory the discovery rule finds."""
-    where = locate_state_dir(state_dir)
-    return Located(where.path / name, f"state directory: {where.how}")
-
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
-
-
-def _image_folder(root: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
-    """The image files under root/<class>/ and their labels; a folder that is not a class of
-    the zoo is an error (a typo would silently drop a class)."""
-    import numpy as np
-
-    if not root.is_dir():
-        _fail(f"{root}: not a folder")
-    folders = sorted(p for p in root.iterdir() if p.is_dir())
-    unknown = [p.name for p in folders if p.name not in classes]
-    if unknown:
-        _fail(f"{root}: folders {', '.join(unknown)} are not classes of the zoo ({', '.join(classes)})")
-    files: list[Path] = []
-    labels: list[int] = []
-    for folder in folders:
-        found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        files += found
-        labels += [classes.index(folder.name)] * len(found)
-    if not files:
-        _fail(f"{root}: no images (expected {root}/<class>/*.png or .jpg, classes {', '.join(classes)})")
-    return files, np.array(labels, dtype=np.int64)
-
-
-def _decode_files(files: list[Path], size: int, resize: str) -> np.ndarray:
-    """Each file decoded exactly as a request body of it would be."""
-    import numpy as np
-
-    from agent.errors import BadInput
-    from agent.serving.codec import decode_to_input, open_image
-
-    out = []
-    for path in files:
-        try:
-            out.append(decode_to_input(open_image(path.read_bytes()), size, resize=resize))
-        except (BadInput, OSError) as exc:
-            _fail(f"{path}: {exc}")
-    return np.concatenate(out)
-
-
-def _floats(text: str | None, what: str) -> tuple[float, float, float] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        _fail(f"--{what}: expected three numbers like 0.485,0.456,0.406, got {text!r}")
-    if len(values) != 3:
-        _fail(f"--{what}: expected three numbers (one per channel), got {len(values)}")
-    return (values[0], values[1], values[2])
-
-
-def _class_names(text: str) -> list[str]:
-    """`a,b,c`, or `@FILE` with one name per line."""
-    if text.startswith("@"):
-        try:
-            lines = Path(text[1:]).read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            _fail(f"--classes {text}: cannot read: {exc.strerror or exc}")
-        return [line.strip() for line in lines if line.strip()]
-    return [c.strip() for c in text.split(",") if c.strip()]
-
-
-@app.command("import")
-def import_(
-    model: Annotated[Path, typer.Argument(help="Your ONNX image classifier: it becomes the variant `full`")],
-    out: Annotated[Path, typer.Option(help="The zoo folder to write (models are copied into it)")],
-    classes: Annotated[str, typer.Option(help="Class names in output order: a,b,c, or @FILE with one per line")],
-    variant: Annotated[
-        list[str] | None,
-        typer.Option(help="More variants, NAME=FILE (e.g. pruned=small.onnx, lowres=96px.onnx); repeatable"),
-    ] = None,
-    size: Annotated[int | None, typer.Option(help="Input size in pixels, if the graph does not fix it")] = None,
-    mean: Annotated[
-        str | None, typer.Option(help="Per-channel mean subtracted after --scale, e.g. 0.485,0.456,0.406")
-    ] = None,
-    std: Annotated[str | None, typer.Option(help="Per-channel std divided by, e.g. 0.229,0.224,0.225")] = None,
-    scale: Annotated[float, typer.Option(help="Multiplies the 0-255 pixel values first (1/255: values in [0, 1])")] = 1
-    / 255,
-    channel_order: Annotated[str, typer.Option(help="rgb or bgr, as the model was trained")] = "rgb",
-    resize: Annotated[str, typer.Option(help="bilinear, bicubic, lanczos, box or nearest")] = "bilinear",
-    output: Annotated[
-        str, typer.Option(help="What the first output holds: logits, probabilities, or auto (found by running it)")
-    ] = "auto",
-    int8: Annotated[
-        bool, typer.Option("--int8", help="Also make an int8 variant of full (onnxruntime quantizer)")
-    ] = False,
-    calibration: Annotated[
-        Path | None,
-        typer.Option(
-            help="Images for static int8 calibration; an ImageFolder (one subfolder per class) also bounds "
-            "the accuracy int8 may lose (1 pt)"
-        ),
-    ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing manifest in --out")] = False,
-) -> None:
-    """Make a zoo from your own ONNX classifiers, for `edge-agent serve --zoo DIR`.
-
-    The layout (NCHW or NHWC), size, inputs, outputs, hashes and parameter counts are read
-    from the files. Variants without a token-budget input (an int64 `token_keep`) serve at
-    budget 1. Only int8 can be made here (--int8): pruned and low-resolution variants need
-    training, so bring them as --variant NAME=FILE. Then `edge-agent zoo profile --zoo DIR`
-    (latency on this gateway) and `edge-agent zoo eval --zoo DIR --data IMAGES --save`
-    (accuracy on your images) give the controller what it ranks and predicts by."""
-    from pydantic import ValidationError
-
-    from agent.errors import validation_message
-    from agent.zoo.importer import import_models
-    from agent.zoo.manifest import Preprocess
-
-    if (out / MANIFEST_NAME).exists() and not force:
-        _fail(f"{out / MANIFEST_NAME} exists; --force to overwrite it")
-    if output not in ("auto", "logits", "probabilities"):
-        _fail(f"--output: expected auto, logits or probabilities, got {output!r}")
-    models = {"full": model}
-    for item in variant or []:
-        name, sep, file = item.partition("=")
-        if not sep or not name or not file:
-            _fail(f"--variant: expected NAME=FILE, got {item!r}")
-        models[name] = Path(file)
-    try:
-        pre = Preprocess.model_validate(
-            {
-                "channel_order": channel_order,
-                "scale": scale,
-                "mean": _floats(mean, "mean"),
-                "std": _floats(std, "std"),
-                "resize": resize,
-            }
-        )
-    except ValidationError as exc:
-        _fail(f"invalid preprocessing: {validation_message(exc)}")
-    names = _class_names(classes)
-    calib = None
-    if calibration is not None:
-        calib = _calibration(calibration, names)
-    try:
-        manifest = import_models(
-            out,
-            models,
-            names,
-            pre,
-            output=output,  # type: ignore[arg-type]
-            size=size,
-            int8=int8,
-            calibration=calib,
-            log=lambda m: console.print(escape(m)),
-        )
-    except ZooError as exc:
-        _fail(exc.message)
-    console.print(
-        f"wrote {out / MANIFEST_NAME}: {', '.join(v.name for v in manifest.variants)}; next: "
-        f"edge-agent zoo profile --zoo {out}"
-    )
-
-
-def _calibration(root: Path, classes: list[str]) -> Calibration:
-    """Calibration images: an ImageFolder of the classes (labels kept) or a flat folder."""
-    from agent.zoo.importer import Calibration
-
-    if not root.is_dir():
-        _fail(f"{root}: not a folder")
-    if any(p.is_dir() for p in root.iterdir()):
-        files, labels = _image_folder(root, classes)
-        return Calibration(lambda size, resize: _decode_files(files, size, resize), labels)
-    flat = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not flat:
-        _fail(f"{root}: no images for calibration")
-    return Calibration(lambda size, resize: _decode_files(flat, size, resize), None)
+    return table, points
 
 
 @app.command()
@@ -429,18 +228,18 @@ def profile(
     from agent.zoo.evaluation import profile_variants
     from agent.zoo.sessions import SessionSettings, open_zoo
 
-    target = Located(out, "--out") if out is not None else _in_state_dir(state_dir, DEVICE_PROFILE_NAME)
-    _check_writable(target)
+    target = Located(out, "--out") if out is not None else in_state_dir(state_dir, DEVICE_PROFILE_NAME)
+    check_writable(target)
     by_threads = {}
     with console.status("loading variants"):
         for threads in (1, 2):
             try:
                 loaded = open_zoo(zoo, SessionSettings(intra_threads=threads))
             except ZooError as exc:
-                _fail(exc.message)
+                fail(exc.message)
             by_threads[threads] = list(loaded.variants.values())
     if not by_threads[1]:
-        _fail(f"no variant of {zoo} could be loaded")
+        fail(f"no variant of {zoo} could be loaded")
     specs = {v.name: v.spec for v in by_threads[1]}
     started = time.monotonic()
     with console.status(f"profiling {len(specs)} variants, {runs} runs each"):
@@ -451,7 +250,7 @@ def profile(
         measured_at=first.measured_at,
         variants={n: ProfiledVariant(sha256=specs[n].sha256, latency=p) for n, p in profiles.items()},
     )
-    written = _write_state(target, device.model_dump_json(indent=2) + "\n")
+    written = write_state(target, device.model_dump_json(indent=2) + "\n")
     table = Table(title=f"latency on this device ({time.monotonic() - started:.0f} s)")
     for col in ("variant", "budget", "p50 1t", "p95 1t", "p50 2t", "p95 2t"):
         table.add_column(col, justify="right")
@@ -482,13 +281,13 @@ def build(
         from model_zoo.build import build as run_build
         from model_zoo.build import load_config
     except ImportError as exc:
-        _fail(f"zoo build needs the train extra ({exc.name or exc}): pip install -e '.[train]'")
+        fail(f"zoo build needs the train extra ({exc.name or exc}): pip install -e '.[train]'")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     try:
         cfg = load_config(config)
     except (OSError, ValueError) as exc:
-        _fail(f"{config}: {exc}")
+        fail(f"{config}: {exc}")
     if seed is not None:
         cfg = cfg.model_copy(update={"seed": seed})
     if data is not None:
@@ -507,7 +306,7 @@ def build(
         try:
             manifest = run_build(cfg, out, progress.console.print, step)
         except ValueError as exc:  # the data: missing folders, a split too small
-            _fail(str(exc))
+            fail(str(exc))
     summary = {
         v.name: {"test@1.0": v.accuracy_at(1.0), "shifted@1.0": v.accuracy_at(1.0, "shifted")}
         for v in manifest.variants
@@ -532,11 +331,11 @@ def run(
     try:
         loaded = open_zoo(zoo, SessionSettings(intra_threads=2), names=variant)
     except ZooError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     for name, reason in loaded.failures.items():
         console.print(f"[red]skipped {name}[/red]: {escape(reason)}")
     if not loaded.variants:
-        _fail("no variant could be loaded")
+        fail("no variant could be loaded")
     table = Table()
     for col in ("image", "variant", "budget", "label", "score", "ms"):
         table.add_column(col)
@@ -545,7 +344,7 @@ def run(
             with Image.open(path) as image:
                 image.load()
         except OSError as exc:
-            _fail(f"{path}: cannot read image: {exc}")
+            fail(f"{path}: cannot read image: {exc}")
         for name, v in loaded.variants.items():
             x = image_to_input(image, v.spec.resolution, v.spec.preprocess.resize)
             start = time.perf_counter()

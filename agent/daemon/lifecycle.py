@@ -8,45 +8,36 @@ by the re-raised signal (uvicorn's own handlers would end it with status 143).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import os
-import resource
 import signal
 import socket
 import time
-from collections.abc import Generator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import structlog
-import uvicorn
 import uvloop
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from prometheus_client import Counter, Gauge
+from prometheus_client import Gauge
 
-from agent.address import ListenAddress, parse_listen_address
-from agent.daemon import sdnotify
+from agent.address import ListenAddress
+from agent.daemon import sdnotify, servers
 from agent.daemon.adaptive import AdaptiveLoop
 from agent.daemon.clock import StepWatch, WallClock
 from agent.daemon.logs import configure_logging
-from agent.daemon.pin_file import load_pin, save_pin
+from agent.daemon.pin_file import PinWriter, load_pin
+from agent.daemon.preflight import policy_file_problem, raise_fd_limit
 from agent.daemon.state_dir import StateDir
 from agent.errors import AgentError
-from agent.paths import POLICY_NAME, state_dir
+from agent.paths import state_dir
 from agent.policy.store import ReloadResult
 from agent.serving.admission import Clock
-from agent.serving.app import create_app
-from agent.serving.budget import ByteBudget
 from agent.serving.codec import MMAP_THRESHOLD_BYTES, fix_mmap_threshold
-from agent.serving.gate import GateLimits, RequestGate, RequestLimit
-from agent.serving.listener import bind_tcp, bind_unix, remove_socket, socket_identity, systemd_sockets
+from agent.serving.listener import bind_unix, remove_socket, socket_identity, systemd_sockets
 from agent.serving.metrics import Metrics
 from agent.serving.metrics_app import PATHS as METRICS_PATHS
-from agent.serving.metrics_app import create_metrics_app
-from agent.serving.priority import BASE_NICE, as_worker, set_thread_nice
-from agent.serving.protocol import ConnectionLimits, protocol_class
+from agent.serving.priority import BASE_NICE, set_thread_nice
 from agent.serving.runner import Runner
 from agent.serving.state import AppState
 from agent.settings import LIVE_SETTINGS, Settings, load_settings
@@ -56,28 +47,6 @@ from agent.values import Config, Switch
 from agent.zoo.sessions import SessionSettings, open_zoo, recheck_files
 
 log = structlog.get_logger(__name__)
-
-#: Requests the TCP metrics listener handles at once (its handlers take microseconds; a few
-#: scrapers and probes need a handful); more get 503.
-METRICS_CONCURRENCY = 16
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server without its signal capture (the daemon owns signals) and with a hook
-    once it listens (READY=1 is sent only then)."""
-
-    def __init__(self, config: uvicorn.Config, on_listening: Any) -> None:
-        super().__init__(config)
-        self._on_listening = on_listening
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        if self.started:
-            self._on_listening()
 
 
 class Daemon:
@@ -91,28 +60,21 @@ class Daemon:
         self.steps = StepWatch(self.wall)
         self.state_dir = StateDir(settings.state_dir or state_dir())
         self.metrics = Metrics()
-        self.connection_timeouts = Counter(
-            "edge_agent_connection_timeouts_total",
-            "Connections closed for a timeout, by phase (idle, keepalive, headers, body, body_rate)",
-            ["phase"],
-            registry=self.metrics.registry,
-        )
+        self.connection_timeouts = servers.timeouts_counter(self.metrics.registry)
         Gauge(
             "edge_agent_state_dir_writable",
             "1 while the state directory takes the daemon's writes (pin.json); 0: read-only, full or refused",
             registry=self.metrics.registry,
         ).set_function(lambda: self.state_dir.problem is None)
-        self.server: _Server | None = None
-        self.metrics_server: _Server | None = None  # the TCP listener of `metrics_listen`, if set
+        self.server: servers.Server | None = None
+        self.metrics_server: servers.Server | None = None  # the TCP listener of `metrics_listen`, if set
         self.state: AppState | None = None
         self.adaptive: AdaptiveLoop | None = None
         self._signatures: dict[str, Any] = {"required": False}
         self._stop_signal: int | None = None
         self._reload_requested = asyncio.Event()
         self._reload_lock = asyncio.Lock()
-        self._pin_writer = ThreadPoolExecutor(1, thread_name_prefix="pin-writer", initializer=as_worker)
-        self._pin_written: Future[None] = Future()
-        self._pin_written.set_result(None)
+        self._pins = PinWriter(self.state_dir.path / "pin.json", self.state_dir.wrote)
 
     # -- start ------------------------------------------------------------------------------
 
@@ -158,7 +120,7 @@ class Daemon:
         state.reload = self.reload
         self._signatures = trust.status() if trust else {"required": False}
         state.extra_status = self._status
-        state.pin_saved = self._pin_saved
+        state.pin_saved = self._pins.saved
         self._restore_pin(runner)
         return state
 
@@ -191,32 +153,12 @@ class Daemon:
 
     # -- pin persistence: a maintenance pin survives a restart ------------------------------------
 
-    def _pin_file(self) -> Path:
-        return self.state_dir.path / "pin.json"
-
     def _save_pin(self) -> None:
-        """Write the pin as it is now, in the pin writer's one thread: the write's fsync may take
-        a busy disk 100 ms, which the event loop (an admin's pin, everyone's status) must not
-        wait for; one thread keeps the writes in order. A failure is the state directory's to
-        report, once."""
         if self.state is not None:
-            self._pin_written = self._pin_writer.submit(self._write_pin, self._pin_file(), self.state.runner.pin_state)
-
-    async def _pin_saved(self) -> None:
-        """Until the last pin write is done: an admin's pin is answered once it would survive a
-        crash, and the loop serves everyone else meanwhile."""
-        await asyncio.wrap_future(self._pin_written)
-
-    def _write_pin(self, path: Path, pin: Any) -> None:
-        try:
-            save_pin(path, pin)
-        except (OSError, AgentError) as exc:
-            self.state_dir.wrote(path.name, exc)
-        else:
-            self.state_dir.wrote(path.name, None)
+            self._pins.save(self.state.runner.pin_state)
 
     def _restore_pin(self, runner: Runner) -> None:
-        pin = load_pin(self._pin_file())
+        pin = load_pin(self._pins.path)
         if pin is not None and pin.until > self.wall() and runner.restore_pin(pin):
             log.info("pin_restored", config=str(pin.config), until=pin.until)
 
@@ -387,68 +329,6 @@ class Daemon:
             except Exception:
                 log.exception("reload_failed")
 
-    def _connection_limits(self) -> ConnectionLimits:
-        s = self.settings
-        return ConnectionLimits(
-            idle_s=s.idle_timeout_s,
-            header_s=s.header_timeout_s,
-            body_s=s.body_timeout_s,
-            max_header_bytes=s.max_header_bytes,
-            body_grace_s=s.body_grace_s,
-            body_min_rate=s.body_min_rate,
-            on_timeout=lambda phase: self.connection_timeouts.labels(phase=phase).inc(),
-        )
-
-    def _uvicorn_config(self, state: AppState) -> uvicorn.Config:
-        """The requests handled at once are bounded by the gate rather than by uvicorn's
-        limit_concurrency, which also counts idle connections (see agent/serving/gate.py)."""
-        s = self.settings
-        limits = self._connection_limits()
-        gate = GateLimits(
-            inference=s.queue_size + s.workers + 256,
-            control=s.control_requests,
-            max_body_bytes=s.max_body_bytes,
-            bodies=ByteBudget("body memory", s.max_body_bytes, s.max_body_bytes_inflight, "max_body_bytes"),
-        )
-        return uvicorn.Config(
-            RequestGate(create_app(state), gate, self.metrics),
-            http=protocol_class(limits),
-            lifespan="off",
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=max(1, round(s.drain_timeout_s)),
-            server_header=False,
-            proxy_headers=False,  # a Unix socket has no proxy in front and no client address to rewrite
-        )
-
-    def _metrics_config(self, state: AppState) -> uvicorn.Config:
-        """The TCP metrics listener: the same protocol and phase deadlines as the Unix socket
-        (a slow or garbage-sending client is cut off alike), a small bound on requests at once,
-        a short graceful shutdown (a scrape takes milliseconds)."""
-        limits = self._connection_limits()
-        refused = self.metrics.shed.labels(reason="concurrency")
-        return uvicorn.Config(
-            RequestLimit(create_metrics_app(state), METRICS_CONCURRENCY, refused.inc),
-            http=protocol_class(limits),
-            lifespan="off",
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=1,
-            server_header=False,
-            proxy_headers=False,  # no proxy is trusted: the peer's address is what it is
-        )
-
-    def _metrics_socket(self, activated: socket.socket | None) -> socket.socket | None:
-        """The metrics listener's socket: systemd's (edge-agent-metrics.socket, so the service
-        itself needs no network) or bound here on `metrics_listen`; None when neither is set."""
-        wanted = self.settings.metrics_listen
-        if activated is None:
-            return None if wanted is None else bind_tcp(parse_listen_address(wanted))
-        got = str(ListenAddress(*activated.getsockname()[:2]))
-        if wanted is not None and wanted != got:
-            log.warning("metrics_listen_overridden", setting=wanted, socket_activated=got)
-        return activated
-
     def _metrics_listening(self) -> None:
         assert self.state is not None
         log.info("metrics_listening", address=self.state.metrics_address, paths=list(METRICS_PATHS))
@@ -462,7 +342,7 @@ class Daemon:
         try:
             activated = systemd_sockets()
             self.state = self._load()
-            metrics_sock = self._metrics_socket(activated.metrics)
+            metrics_sock = servers.metrics_socket(s.metrics_listen, activated.metrics)
             if metrics_sock is not None:
                 self.state.metrics_address = str(ListenAddress(*metrics_sock.getsockname()[:2]))
             if activated.api is not None:
@@ -477,9 +357,12 @@ class Daemon:
             log.error("start_failed", error=exc.message)
             sdnotify.notify(f"STATUS=failed: {exc.message}")
             return 1
-        self.server = _Server(self._uvicorn_config(self.state), self._on_listening)
+        limits = servers.connection_limits(s, lambda phase: self.connection_timeouts.labels(phase=phase).inc())
+        self.server = servers.Server(servers.api_config(s, self.state, self.metrics, limits), self._on_listening)
         if metrics_sock is not None:
-            self.metrics_server = _Server(self._metrics_config(self.state), self._metrics_listening)
+            self.metrics_server = servers.Server(
+                servers.metrics_config(self.state, self.metrics, limits), self._metrics_listening
+            )
         # What start-up made (the zoo, the app, pydantic's schemas) lives as long as the daemon:
         # kept out of the collector's generations, a full collection amid a flood of connections
         # walks only what requests made, not tens of thousands of long-lived objects.
@@ -491,40 +374,11 @@ class Daemon:
         finally:
             self.state.runner.close(wait=True)
             self.state.decoding.close()
-            self._pin_writer.shutdown(wait=True)
+            self._pins.close()
             if identity is not None:
                 remove_socket(s.socket, identity)
         log.info("stopped", signal=signal.Signals(self._stop_signal).name if self._stop_signal else None)
         return 0
-
-
-def raise_fd_limit() -> None:
-    """Each connection holds a descriptor, and the usual soft limit (1024) is far below the hard
-    one; nothing here uses select(), so take the hard limit, as systemd advises such programs."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == hard:
-        return
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ValueError, OSError) as exc:
-        log.warning("fd_limit_not_raised", soft=soft, hard=hard, error=str(exc))
-        return
-    log.info("fd_limit_raised", old=soft, new=hard)
-
-
-def policy_file_problem(path: Path) -> str | None:
-    """Why the daemon cannot start on the policy file `path`, or None. A missing policy is an
-    error, not a silent fallback to the built-in one (which has no rules): the operator named
-    it, or under systemd the service's configuration directory holds it."""
-    try:
-        path.open("rb").close()
-    except OSError as exc:
-        return (
-            f"{path}: cannot open the policy file ({exc.strerror}). Name an existing one (--policy, "
-            f"EDGE_AGENT_POLICY or policy: in the config); the service's default, "
-            f"$CONFIGURATION_DIRECTORY/{POLICY_NAME}, is written by `edge-agent systemd install`"
-        )
-    return None
 
 
 def serve(config_file: Path | None = None, **overrides: Any) -> int:

@@ -27,8 +27,9 @@ from numpy.typing import NDArray
 
 from agent.serving.api import V2InferRequest
 from agent.serving.budget import ByteBudget
-from agent.serving.codec import decode_v2_request, json_cost
+from agent.serving.codec import json_cost
 from agent.serving.priority import as_worker
+from agent.serving.v2_codec import decode_v2_request
 
 T = TypeVar("T")
 #: A v2 JSON part up to this size is parsed in a thread: a few ms of GIL at most.

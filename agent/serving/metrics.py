@@ -45,6 +45,11 @@ class Metrics:
         self.variant_failures = Gauge("edge_agent_variant_load_failures", "Variants that failed to load", registry=r)
         self.errors = Counter("edge_agent_errors_total", "Errors answered, by code", ["code"], registry=r)
         self.ready = Gauge("edge_agent_ready", "1 when serving, 0 while starting or draining", registry=r)
+        self._control_metrics(r)
+        self.telemetry = Gauge("edge_agent_telemetry", "Latest telemetry reading", ["field"], registry=r)
+
+    def _control_metrics(self, r: CollectorRegistry) -> None:
+        """The policy's and the controller's: what is in force, how it does, why it chose."""
         self.policy_reload_failures = Counter(
             "edge_agent_policy_reload_failures_total",
             "Policy files refused (last good kept), by reason: invalid, or signature (trusted_keys)",
@@ -98,7 +103,6 @@ class Metrics:
             "Median decode time of recent requests, added to every configuration's predicted latency",
             registry=r,
         )
-        self.telemetry = Gauge("edge_agent_telemetry", "Latest telemetry reading", ["field"], registry=r)
 
     def set_telemetry(self, snapshot: Snapshot) -> None:
         values = {

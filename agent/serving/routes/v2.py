@@ -27,11 +27,12 @@ from agent.serving.api import (
     V2TensorMeta,
 )
 from agent.serving.body import receive_body
-from agent.serving.codec import ARRAY_COPIES, V2_INPUT, encode_v2_output, join_v2_body, split_v2_body
+from agent.serving.codec import ARRAY_COPIES
 from agent.serving.envelope import JSON, json_response
 from agent.serving.probes import is_ready, live_response, ready_response
 from agent.serving.runner import Outcome
 from agent.serving.state import AppState
+from agent.serving.v2_codec import V2_INPUT, encode_v2_output, join_v2_body, split_v2_body
 from agent.values import Config
 from agent.zoo.preprocess import ChannelOrder, array_to_input
 from agent.zoo.sessions import LoadedVariant
