@@ -9,6 +9,7 @@ import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from agent.zoo.stats import mcnemar_exact, pack_hits, wilson_interval
 from model_zoo import data
 from model_zoo.export import CANDIDATES, export_onnx, quantize
 from model_zoo.model import ModelSpec, TokenBudgetViT
-from model_zoo.train import evaluate, prune, to_resolution, to_tensor, train
+from model_zoo.train import evaluate, prune, to_resolution, to_tensor, train, with_schedule
 
 Log = Callable[[str], None]
 Step = Callable[[str, int, int], None]  # (task, done, total)
@@ -57,6 +58,12 @@ class BuildConfig(BaseModel):
     mlp_hidden: int = 384
     prune_blocks: list[int] = Field(default=[0, 2], description="blocks after whose attention tokens are dropped")
     stage_ratio: float = Field(default=1.5, gt=0, description="later stages keep share**(1 + stage*ratio)")
+    train_prune_blocks: list[int] | None = Field(
+        default=None,
+        description="where training batches below budget 1 drop tokens, if not where the served graph does "
+        "(None: the same); the weights are the same either way, only the ranking's place differs",
+    )
+    train_stage_ratio: float | None = Field(default=None, gt=0, description="stage_ratio in training (None: the same)")
     train_budgets: list[float] = Field(
         default=[1.0, 0.85],
         min_length=1,
@@ -106,7 +113,9 @@ SYNTHETIC_ONLY = ("train_size", "val_size", "test_size", "shifted_size")
 def _load_data(cfg: BuildConfig, log: Log) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str], str]:
     if cfg.data_dir is None:
         sizes = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size, "shifted": cfg.shifted_size}
-        splits = {s: data.generate(s, n, seed=cfg.seed, size=cfg.image_size) for s, n in sizes.items()}
+        splits = {
+            s: data.generate(s, n, seed=cfg.seed, size=cfg.image_size, workers=cfg.threads) for s, n in sizes.items()
+        }
         log(f"generated synthetic data: {sizes}")
         return splits, list(data.CLASSES), "synthetic surfaces (model_zoo.data), seeded"
     root = cfg.data_dir
@@ -219,7 +228,12 @@ def build(cfg: BuildConfig, out: Path, log: Log, step: Step) -> Manifest:
         stage_ratio=cfg.stage_ratio,
         num_classes=len(classes),
     )
-    full = TokenBudgetViT(spec)
+    train_spec = replace(
+        spec,
+        prune_blocks=tuple(cfg.train_prune_blocks if cfg.train_prune_blocks is not None else cfg.prune_blocks),
+        stage_ratio=cfg.train_stage_ratio if cfg.train_stage_ratio is not None else cfg.stage_ratio,
+    )
+    full = TokenBudgetViT(train_spec)
     train(
         full,
         xtr,
@@ -232,6 +246,8 @@ def build(cfg: BuildConfig, out: Path, log: Log, step: Step) -> Manifest:
         photometric=cfg.photometric,
         progress=_reporter("train full", log, step),
     )
+    if train_spec != spec:
+        full = with_schedule(full, spec)
     log(f"full: val acc @1.0 {evaluate(full, xva, yva, 1.0):.4f}, @0.5 {evaluate(full, xva, yva, 0.5):.4f}")
 
     pruned = prune(full, cfg.pruned_heads, cfg.pruned_mlp_hidden, tuple(cfg.pruned_drop_blocks))

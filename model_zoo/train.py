@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
 
-from model_zoo.model import TokenBudgetViT
+from model_zoo.model import ModelSpec, TokenBudgetViT
 
 Progress = Callable[[int, int, str], None]  # (done, total, note)
 
@@ -186,4 +186,17 @@ def to_resolution(model: TokenBudgetViT, image_size: int) -> TokenBudgetViT:
     pos = model.pos.reshape(1, g_old, g_old, -1).permute(0, 3, 1, 2)
     pos = F.interpolate(pos, size=(g_new, g_new), mode="bicubic", align_corners=False)
     new.pos.copy_(pos.permute(0, 2, 3, 1).reshape(1, g_new * g_new, -1))
+    return new
+
+
+@torch.no_grad()
+def with_schedule(model: TokenBudgetViT, spec: ModelSpec) -> TokenBudgetViT:
+    """The same weights under another token schedule (`prune_blocks`, `stage_ratio`): where
+    tokens are dropped is not a parameter, so a model trained ranking at one place can serve
+    ranking at another (as EViT serves keep rates it was not trained at)."""
+    if replace(spec, prune_blocks=model.spec.prune_blocks, stage_ratio=model.spec.stage_ratio) != model.spec:
+        raise ValueError("with_schedule changes the token schedule only")
+    new = TokenBudgetViT(spec)
+    new.load_state_dict(model.state_dict())
+    new.eval()
     return new

@@ -132,6 +132,34 @@ def test_same_seed_rebuilds_the_same_fp32_models(tmp_path: Path) -> None:
     assert other.variant("full").sha256 != first.variant("full").sha256
 
 
+@pytest.mark.daemon  # not a daemon, but as slow: a torch build
+def test_a_graph_ranking_tokens_elsewhere_than_training_did_keeps_the_trained_weights(tmp_path: Path) -> None:
+    """`prune_blocks` places the ranking in the exported graph, `train_prune_blocks` in the
+    training batches: trained alike, two builds differ in the graph only."""
+    pytest.importorskip("torch")
+    import onnx
+    from onnx import numpy_helper
+
+    from model_zoo.build import build, load_config
+
+    cfg = load_config(REPO / "model_zoo/configs/tiny.yaml")
+    trained_as_served = build(cfg, tmp_path / "a", lambda _: None, lambda *_: None)
+    moved = cfg.model_copy(update={"prune_blocks": [0], "train_prune_blocks": cfg.prune_blocks})
+    served_elsewhere = build(moved, tmp_path / "b", lambda _: None, lambda *_: None)
+
+    def weights(folder: Path) -> tuple[dict[str, bytes], list[bytes]]:
+        """Named parameters by name; the matmul weights (named by the exporter) as a multiset."""
+        inits = onnx.load(str(folder / "full.onnx")).graph.initializer
+        named = {t.name: numpy_helper.to_array(t).tobytes() for t in inits if not t.name.startswith("onnx::")}
+        matmuls = sorted(numpy_helper.to_array(t).tobytes() for t in inits if t.name.startswith("onnx::MatMul"))
+        return named, matmuls
+
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert a[0] == b[0] and a[1] == b[1] and len(a[1]) >= 4
+    assert trained_as_served.variant("full").sha256 != served_elsewhere.variant("full").sha256
+    assert served_elsewhere.build and served_elsewhere.build.config["prune_blocks"] == [0]
+
+
 def _image_folder(root: Path, per_class: int) -> Path:
     """Labelled images as an operator keeps them: one folder per class."""
     for path in data.write_samples(root / "flat", "test", per_class):
