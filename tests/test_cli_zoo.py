@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -116,13 +117,22 @@ def _rescore_restores_the_outcomes(zoo: Path) -> None:
     assert json.loads((zoo / "manifest.json").read_text()) == stripped
 
 
-@pytest.mark.daemon  # not a daemon, but as slow: a torch build
-def test_same_seed_rebuilds_the_same_fp32_models(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Path]:
+    """(config, manifest, folder) of one tiny build, shared by the tests that compare builds."""
     pytest.importorskip("torch")
     from model_zoo.build import build, load_config
 
     cfg = load_config(REPO / "model_zoo/configs/tiny.yaml")
-    first = build(cfg, tmp_path / "a", lambda _: None, lambda *_: None)
+    out = tmp_path_factory.mktemp("tiny") / "a"
+    return cfg, build(cfg, out, lambda _: None, lambda *_: None), out
+
+
+@pytest.mark.daemon  # not a daemon, but as slow: a torch build
+def test_same_seed_rebuilds_the_same_fp32_models(tmp_path: Path, tiny_build: tuple[Any, Any, Path]) -> None:
+    from model_zoo.build import build
+
+    cfg, first, _ = tiny_build
     second = build(cfg, tmp_path / "b", lambda _: None, lambda *_: None)
     for name in ("full", "pruned", "lowres"):
         a, b = first.variant(name), second.variant(name)
@@ -133,17 +143,17 @@ def test_same_seed_rebuilds_the_same_fp32_models(tmp_path: Path) -> None:
 
 
 @pytest.mark.daemon  # not a daemon, but as slow: a torch build
-def test_a_graph_ranking_tokens_elsewhere_than_training_did_keeps_the_trained_weights(tmp_path: Path) -> None:
+def test_a_graph_ranking_tokens_elsewhere_than_training_did_keeps_the_trained_weights(
+    tmp_path: Path, tiny_build: tuple[Any, Any, Path]
+) -> None:
     """`prune_blocks` places the ranking in the exported graph, `train_prune_blocks` in the
     training batches: trained alike, two builds differ in the graph only."""
-    pytest.importorskip("torch")
     import onnx
     from onnx import numpy_helper
 
-    from model_zoo.build import build, load_config
+    from model_zoo.build import build
 
-    cfg = load_config(REPO / "model_zoo/configs/tiny.yaml")
-    trained_as_served = build(cfg, tmp_path / "a", lambda _: None, lambda *_: None)
+    cfg, trained_as_served, first_dir = tiny_build
     moved = cfg.model_copy(update={"prune_blocks": [0], "train_prune_blocks": cfg.prune_blocks})
     served_elsewhere = build(moved, tmp_path / "b", lambda _: None, lambda *_: None)
 
@@ -154,7 +164,7 @@ def test_a_graph_ranking_tokens_elsewhere_than_training_did_keeps_the_trained_we
         matmuls = sorted(numpy_helper.to_array(t).tobytes() for t in inits if t.name.startswith("onnx::MatMul"))
         return named, matmuls
 
-    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    a, b = weights(first_dir), weights(tmp_path / "b")
     assert a[0] == b[0] and a[1] == b[1] and len(a[1]) >= 4
     assert trained_as_served.variant("full").sha256 != served_elsewhere.variant("full").sha256
     assert served_elsewhere.build and served_elsewhere.build.config["prune_blocks"] == [0]
