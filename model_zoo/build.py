@@ -247,7 +247,7 @@ def build(cfg: BuildConfig, out: Path, log: Log, step: Step) -> Manifest:
         progress=_reporter("train full", log, step),
     )
     if train_spec != spec:
-        full = with_schedule(full, spec)
+        full = with_schedule(full, spec.prune_blocks, spec.stage_ratio)
     log(f"full: val acc @1.0 {evaluate(full, xva, yva, 1.0):.4f}, @0.5 {evaluate(full, xva, yva, 0.5):.4f}")
 
     pruned = prune(full, cfg.pruned_heads, cfg.pruned_mlp_hidden, tuple(cfg.pruned_drop_blocks))

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
 
-from model_zoo.model import ModelSpec, TokenBudgetViT
+from model_zoo.model import TokenBudgetViT
 
 Progress = Callable[[int, int, str], None]  # (done, total, note)
 
@@ -190,13 +190,11 @@ def to_resolution(model: TokenBudgetViT, image_size: int) -> TokenBudgetViT:
 
 
 @torch.no_grad()
-def with_schedule(model: TokenBudgetViT, spec: ModelSpec) -> TokenBudgetViT:
-    """The same weights under another token schedule (`prune_blocks`, `stage_ratio`): where
-    tokens are dropped is not a parameter, so a model trained ranking at one place can serve
-    ranking at another (as EViT serves keep rates it was not trained at)."""
-    if replace(spec, prune_blocks=model.spec.prune_blocks, stage_ratio=model.spec.stage_ratio) != model.spec:
-        raise ValueError("with_schedule changes the token schedule only")
-    new = TokenBudgetViT(spec)
+def with_schedule(model: TokenBudgetViT, prune_blocks: tuple[int, ...], stage_ratio: float) -> TokenBudgetViT:
+    """The same weights under another token schedule: where tokens are dropped is not a
+    parameter, so a model trained ranking at one place can serve ranking at another (as EViT
+    serves keep rates it was not trained at)."""
+    new = TokenBudgetViT(replace(model.spec, prune_blocks=prune_blocks, stage_ratio=stage_ratio))
     new.load_state_dict(model.state_dict())
     new.eval()
     return new

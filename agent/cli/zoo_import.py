@@ -10,11 +10,10 @@ from rich.markup import escape
 
 from agent.cli.zoo_files import IMAGE_SUFFIXES, console, decode_files, fail, image_folder
 from agent.errors import ZooError
-from agent.zoo.manifest import MANIFEST_NAME
+from agent.zoo.manifest import MANIFEST_NAME, Preprocess
 
 if TYPE_CHECKING:
     from agent.zoo.importer import Calibration
-    from agent.zoo.manifest import Preprocess
 
 
 def _floats(text: str | None, what: str) -> tuple[float, float, float] | None:
@@ -142,7 +141,6 @@ def _preprocess(channel_order: str, scale: float, mean: str | None, std: str | N
     from pydantic import ValidationError
 
     from agent.errors import validation_message
-    from agent.zoo.manifest import Preprocess
 
     try:
         return Preprocess.model_validate(
