@@ -56,14 +56,14 @@ class BuildConfig(BaseModel):
     heads: int = 4
     head_dim: int = 32
     mlp_hidden: int = 384
-    prune_blocks: list[int] = Field(default=[0, 2], description="blocks after whose attention tokens are dropped")
-    stage_ratio: float = Field(default=1.5, gt=0, description="later stages keep share**(1 + stage*ratio)")
+    prune_blocks: list[int] = Field(default=[0, 1], description="blocks after whose attention tokens are dropped")
+    stage_ratio: float = Field(default=2.0, gt=0, description="later stages keep share**(1 + stage*ratio)")
     train_prune_blocks: list[int] | None = Field(
-        default=None,
+        default=[0, 2],
         description="where training batches below budget 1 drop tokens, if not where the served graph does "
         "(None: the same); the weights are the same either way, only the ranking's place differs",
     )
-    train_stage_ratio: float | None = Field(default=None, gt=0, description="stage_ratio in training (None: the same)")
+    train_stage_ratio: float | None = Field(default=1.5, gt=0, description="stage_ratio in training (None: the same)")
     train_budgets: list[float] = Field(
         default=[1.0, 0.85],
         min_length=1,
@@ -75,11 +75,11 @@ class BuildConfig(BaseModel):
     batch: int = 64
     photometric: bool = Field(default=True, description="mild gain, light, colour, noise and blur augmentation")
     pruned_heads: int = 2
-    pruned_mlp_hidden: int = 256
-    pruned_drop_blocks: list[int] = [4, 5]
+    pruned_mlp_hidden: int = 128
+    pruned_drop_blocks: list[int] = [3, 4, 5]
     pruned_epochs: int = 1
     lowres_size: int = 64
-    lowres_epochs: int = 3
+    lowres_epochs: int = 2
     calibration_images: int = 200
     quant_select_images: int = 500
     max_int8_loss: float = 0.01
