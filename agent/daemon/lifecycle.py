@@ -33,7 +33,7 @@ from agent.errors import AgentError
 from agent.paths import state_dir
 from agent.policy.store import ReloadResult
 from agent.serving.admission import Clock
-from agent.serving.codec import MMAP_THRESHOLD_BYTES, fix_mmap_threshold
+from agent.serving.codec import MMAP_THRESHOLD_BYTES, fix_mmap_threshold, load_image_plugins
 from agent.serving.listener import bind_unix, remove_socket, socket_identity, systemd_sockets
 from agent.serving.metrics import Metrics
 from agent.serving.metrics_app import PATHS as METRICS_PATHS
@@ -95,6 +95,7 @@ class Daemon:
         sdnotify.notify("STATUS=warming up")
         started = time.perf_counter()
         runner.warm_up(s.warmup_runs)
+        load_image_plugins()
         log.info(
             "zoo_ready",
             variants=sorted(zoo.variants),
