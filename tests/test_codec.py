@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from agent.errors import InvalidTensor, RoiOutsideFrame
-from agent.serving.codec import check_frame, decode_npy, decode_to_input, open_image
+from agent.serving.codec import check_frame, decode_npy, decode_to_input, jpeg_draft_size, open_image
 from agent.zoo.preprocess import RESIZE_FILTER, Roi, array_to_input, image_to_input
 from model_zoo import data
 
@@ -45,6 +45,18 @@ def test_jpeg_frame_decoded_at_reduced_scale_matches_a_full_decode(frames: list[
         fast = decode_to_input(image, SIZE)
         assert image.size[0] < 1920, "draft mode should have reduced the decode"
         assert fast.shape == (1, 3, SIZE, SIZE)
+        assert np.abs(fast - reference(body, SIZE)).mean() <= 2 / 255
+
+
+def test_a_720p_jpeg_decodes_at_a_quarter_and_matches_a_full_decode(frames: list[Image.Image]) -> None:
+    """1/4 of 720p (320x180) still has 1.4x the pixels of a 128 px input across: that scale,
+    not 1/2, and the input as close to a full decode's as the 1080p frame's."""
+    for frame in frames[:4]:
+        body = encode(frame.resize((1280, 720), Image.Resampling.BICUBIC), "JPEG", quality=90)
+        image = open_image(body)
+        assert jpeg_draft_size(1280, 720, SIZE) == (320, 180)
+        fast = decode_to_input(image, SIZE)
+        assert image.size == (320, 180)
         assert np.abs(fast - reference(body, SIZE)).mean() <= 2 / 255
 
 
