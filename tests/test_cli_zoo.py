@@ -263,3 +263,18 @@ def test_every_zoo_command_on_a_folder_without_a_zoo_says_so_in_one_line(tmp_pat
     )
     assert serve.returncode == 1 and "cannot read manifest" in serve.stdout + serve.stderr
     assert "Traceback" not in serve.stdout + serve.stderr
+
+
+def test_int8_schemes_within_5_percent_of_the_fastest_are_chosen_by_a_fixed_order_not_by_the_timing() -> None:
+    """Two builds of seed 0 timed dynamic-s8 at 0.87x and static-qoperator at 0.88x, then
+    0.89x and 0.86x: both pick dynamic-s8, so the two builds' int8 files are the same. A
+    scheme clearly faster (beyond 5%) still wins."""
+    from model_zoo.build import choose_int8
+
+    first = [("static-qoperator-u8s8", 0.930, 0.88), ("static-qdq-u8s8", 0.930, 0.96), ("dynamic-s8", 0.932, 0.87)]
+    second = [("static-qoperator-u8s8", 0.930, 0.86), ("static-qdq-u8s8", 0.930, 0.91), ("dynamic-s8", 0.932, 0.89)]
+    assert choose_int8(first)[0] == choose_int8(second)[0] == "dynamic-s8"
+    assert (
+        choose_int8([("static-qoperator-u8s8", 0.93, 0.80), ("dynamic-s8", 0.93, 0.90)])[0] == "static-qoperator-u8s8"
+    )
+    assert choose_int8([("static-qdq-u8s8", 0.93, 0.90)])[0] == "static-qdq-u8s8"
