@@ -14,9 +14,10 @@ The best static configuration is the most accurate one (by the test table the co
 by) whose attainment over the whole schedule is at least the policy's percentile (99% for the
 p99 SLO). Accuracy is reported twice: on the drawn images, from the answers, and by the test
 table for the configuration that gave each answer, which does not move with the draw; the
-per-phase oracle by the table against the best static is the most any controller could gain. Served accuracies are
-compared over the four load phases (idle, 1 core, 2 cores, idle again), where no rule applies,
-paired on the same requests (same images, same send times; exact McNemar test); the battery
+per-phase oracle by the table against the best static is the most any controller could gain.
+Served accuracies are compared over the four load phases (idle, 1 core, 2 cores, idle
+again), where no rule applies, paired on the same requests (same images, same send times;
+exact McNemar test); the battery
 and heat phases, where the operator's rules choose cheaper configurations on purpose, are
 shown apart. The oracle takes, per phase, the most accurate static configuration allowed by
 the policy there that attained the SLO in that phase. Reaction: the seconds from a load step
@@ -57,14 +58,20 @@ from agent.control.rules import resolve
 from agent.paths import default_zoo_dir
 from agent.policy.loader import load_policy
 from agent.telemetry.snapshot import Snapshot
-from agent.zoo.manifest import latency_table, load_manifest
+from agent.zoo.accuracy_tables import manifest_table
+from agent.zoo.manifest import Manifest, latency_table, load_manifest
 from bench.common import RESULTS, header, md_table, write_results
+
+
+@functools.lru_cache(maxsize=1)
+def shipped_manifest() -> Manifest:
+    return load_manifest(default_zoo_dir() / "manifest.json")
 
 
 def frontier_configs(threads: int = 1) -> list[str]:
     """The test Pareto frontier of the manifest (accuracy vs profiled p95 at `threads`), fastest
     first, plus full@1 (the configuration a user without edge-agent would run)."""
-    manifest = load_manifest(default_zoo_dir() / "manifest.json")
+    manifest = shipped_manifest()
     points = []
     for v in manifest.variants:
         for b in v.budgets:
@@ -169,8 +176,7 @@ def table_accuracy() -> dict[str, float]:
     table the controller ranks by. A run's served accuracy on a few hundred drawn images moves
     by a point or more with the draw; the table's figure for the configurations that answered
     does not, so it is the one configurations are ranked and runs compared by as well."""
-    manifest = load_manifest(default_zoo_dir() / "manifest.json")
-    return {f"{v.name}@{p.budget:g}": p.test for v in manifest.variants for p in v.accuracy}
+    return {str(config): e.accuracy for config, e in manifest_table(shipped_manifest(), "test").estimates.items()}
 
 
 def pooled(run: dict[str, Any], phases: list[int]) -> dict[str, Any]:
@@ -246,7 +252,7 @@ def most_accurate_set() -> set[str]:
     """The controller's most accurate tier of the test table (the most accurate configuration
     and those its paired tests or interval cannot tell from it), as it ranks them with no rule
     in force."""
-    manifest = load_manifest(default_zoo_dir() / "manifest.json")
+    manifest = shipped_manifest()
     options = options_from_manifest(manifest, latency_table(manifest, None), {v.name for v in manifest.variants}, 1, 99)
     tier = tiers(options)
     return {str(o.config) for o in options if tier[o.config] == 0}
