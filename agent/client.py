@@ -1,20 +1,24 @@
 """A small client for the daemon's Unix-socket API.
 
-It speaks HTTP through httpcore, the transport layer under httpx, on kept-alive
-connections: httpx's own request and response models, URL handling and hooks cost about a
-millisecond of Python per request, more than the daemon's whole serving path. Answers are
-parsed with orjson.
+It speaks HTTP through the standard library's http.client, on kept-alive connections (one per
+thread at a time, reopened when the daemon has closed one). httpx's request and response models
+cost about a millisecond of Python per request, and httpcore's h11 state machine still half of
+one: more than the daemon's whole serving path (bench/overhead measures the client beside a bare
+http.client). Answers are parsed with orjson.
 """
 
 from __future__ import annotations
 
 import errno
+import http.client
 import io
+import select
+import socket as sockets
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import httpcore
 import numpy as np
 import orjson
 
@@ -30,7 +34,9 @@ CONTENT_TYPES = {
     ".webp": "image/webp",
     ".npy": "application/x-npy",
 }
-_ORIGIN = "http://edge-agent"
+#: A kept connection that fails with one of these before any answer was closed by the daemon
+#: while idle (its idle timeout): the request is sent again, once, on a new connection.
+_CLOSED_WHILE_IDLE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
 class ClientError(Exception):
@@ -55,7 +61,7 @@ _HINTS = {
 
 
 def _unreachable(where: Located, exc: Exception) -> DaemonUnreachable:
-    """The error for a connection that failed with `exc` (an httpcore error wrapping the OSError)."""
+    """The error for a connection that failed with `exc` (the OSError, or an error raised from one)."""
     cause: BaseException | None = exc
     while cause is not None and not (isinstance(cause, OSError) and cause.errno):
         cause = cause.__cause__ or cause.__context__
@@ -65,6 +71,32 @@ def _unreachable(where: Located, exc: Exception) -> DaemonUnreachable:
     else:
         reason, hint = str(exc) or type(exc).__name__, None
     return DaemonUnreachable(f"cannot reach the daemon at {where}: {reason}" + (f"; {hint}" if hint else ""))
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client's connection, to a Unix socket."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("edge-agent", timeout=timeout)
+        self.unix_path = str(path)
+
+    def connect(self) -> None:
+        sock = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.unix_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+    def closed_by_peer(self) -> bool:
+        """Whether the daemon has closed this idle connection (its end is readable: EOF), as
+        httpcore checks before reusing one."""
+        if self.sock is None:
+            return False
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        return bool(readable)
 
 
 class Client:
@@ -79,8 +111,8 @@ class Client:
         self.where = socket if isinstance(socket, Located) else Located(socket, "as given")
         self.socket = self.where.path
         self.timeout = timeout
-        self._pool = httpcore.ConnectionPool(uds=str(self.socket), max_connections=100, max_keepalive_connections=20)
-        self._extensions = {"timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}}
+        self._idle: list[UnixHTTPConnection] = []  # kept alive, for the next call from any thread
+        self._lock = threading.Lock()
 
     def __enter__(self) -> Client:
         return self
@@ -89,7 +121,10 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        self._pool.close()
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
     def request(
         self,
@@ -100,15 +135,50 @@ class Client:
         query: dict[str, Any] | None = None,
     ) -> tuple[int, bytes]:
         """(status, body) of one request; DaemonUnreachable when no answer comes."""
-        url = _ORIGIN + path + (f"?{urlencode(query)}" if query else "")
-        headers = [(b"Content-Type", content_type.encode())] if content_type else []
+        url = path + (f"?{urlencode(query)}" if query else "")
+        headers = {"Content-Type": content_type} if content_type else {}
+        conn, kept = self._connection()
         try:
-            response = self._pool.request(method, url, headers=headers, content=body, extensions=self._extensions)
-        except httpcore.TimeoutException as exc:
+            try:
+                return self._exchange(conn, method, url, body, headers)
+            except _CLOSED_WHILE_IDLE:
+                if not kept:
+                    raise
+                conn.close()
+                conn = UnixHTTPConnection(self.socket, self.timeout)
+                return self._exchange(conn, method, url, body, headers)
+        except TimeoutError as exc:
+            conn.close()
             raise DaemonUnreachable(f"no answer from the daemon at {self.where} within {self.timeout:g} s") from exc
-        except (httpcore.NetworkError, httpcore.ProtocolError) as exc:
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
             raise _unreachable(self.where, exc) from exc
-        return response.status, response.content
+
+    def _connection(self) -> tuple[UnixHTTPConnection, bool]:
+        """An idle kept connection the daemon has not closed, or a new one; whether it was kept."""
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return UnixHTTPConnection(self.socket, self.timeout), False
+            if not conn.closed_by_peer():
+                return conn, True
+            conn.close()
+
+    def _exchange(
+        self, conn: UnixHTTPConnection, method: str, url: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, bytes]:
+        """One request and its whole answer; the connection is kept for the next call unless
+        the daemon said it closes it."""
+        conn.request(method, url, body=body or None, headers=headers)
+        response = conn.getresponse()
+        content = response.read()
+        if response.will_close:
+            conn.close()
+        else:
+            with self._lock:
+                self._idle.append(conn)
+        return response.status, content
 
     def _answer(self, method: str, path: str, **kwargs: Any) -> bytes:
         status, content = self.request(method, path, **kwargs)

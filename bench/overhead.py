@@ -1,13 +1,15 @@
-"""What the daemon adds over calling onnxruntime in process, on the same input.
+"""What the daemon adds over calling onnxruntime in process, on the same input, measured side by
+side with the thinnest servers around the same call.
 
-Latency: a socket round trip (`.npy` body and PNG body) against the same `full@1.0` call made
-in this process, interleaved call by call, with two clients: agent.client (httpcore; labelled
-"httpx" in the results) and a lean client (the standard library's http.client, close to what a
-compiled camera application pays).
-The answer's own queue + compute time also splits each round trip into the daemon's model
-time and everything else. A floor stands beside the daemon: bench/floor_server.py, the thinnest
-Python server around the same model call (uvloop + httptools, no framework), measured with the
-same lean client, shows what any Python server pays here and so what the daemon's stack adds.
+Latency: socket round trips (`.npy` body and PNG body) against the same `full@1.0` call made in
+this process, interleaved call by call, so every row shares one in-process baseline:
+- the daemon with agent.client, and with a lean client (the standard library's bare
+  http.client, close to what a compiled camera application pays);
+- two floors (bench/floor_server.py) with the lean client, `.npy` only: `bare`, uvloop + httptools
+  and nothing else (what any Python server pays here), and `uvicorn`, the same call as a bare
+  ASGI app under uvicorn (what the daemon's server costs before its own code runs).
+Each answer's own queue + compute time also splits its round trip into model time and
+everything else (`outside model`), which leaves out the model's run-to-run noise.
 Throughput: 1, 2 and 4 concurrent socket clients against in-process worker threads.
 Writes bench/results/overhead.{json,md}.
 
@@ -63,15 +65,17 @@ def run_for(seconds: float, workers: int, call: Callable[[int], object]) -> floa
     return sum(counts) / seconds
 
 
-FLOOR = "http.client, minimal server"
+CLIENT, LEAN = "agent.client", "http.client"
+FLOOR, UVICORN_FLOOR = "http.client, bare floor", "http.client, uvicorn floor"
 
 
 @contextmanager
-def floor_server() -> Iterator[Path]:
-    """bench/floor_server.py on a temp socket, until the block ends."""
+def floor_server(under_uvicorn: bool = False) -> Iterator[Path]:
+    """bench/floor_server.py on a temp socket (bare, or under uvicorn), until the block ends."""
     with tempfile.TemporaryDirectory(prefix="edge-agent-floor-") as tmp:
         sock = Path(tmp) / "floor.sock"
-        proc = subprocess.Popen([sys.executable, "-m", "bench.floor_server", str(sock)], stdout=subprocess.PIPE)
+        command = [sys.executable, "-m", "bench.floor_server", str(sock), *(["--uvicorn"] if under_uvicorn else [])]
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE)
         try:
             assert proc.stdout is not None
             for line in proc.stdout:  # log lines, then "listening"
@@ -106,50 +110,33 @@ def main() -> None:
     }
     results: dict[str, object] = {**header(), "workers": settings.workers, "ort_threads": settings.ort_threads}
     rows = []
-    with running_daemon() as (_, sock), Client(sock) as client, floor_server() as floor_sock:
+    with (
+        running_daemon() as (_, sock),
+        Client(sock) as client,
+        floor_server() as floor_sock,
+        floor_server(under_uvicorn=True) as uvicorn_sock,
+    ):
         client.pin("full@1", 3600, "overhead bench: the same configuration as in process")
-        lean, floor = LeanClient(sock), LeanClient(floor_sock)
+        lean = LeanClient(sock)
+        floors = {FLOOR: LeanClient(floor_sock), UVICORN_FLOOR: LeanClient(uvicorn_sock)}
         socket_clients: dict[str, Callable[[bytes, str], dict[str, Any]]] = {
-            "httpx": client.classify,
-            "http.client": lean.classify,
-            FLOOR: floor.classify,
+            CLIENT: client.classify,
+            LEAN: lean.classify,
+            **{name: floor.classify for name, floor in floors.items()},
         }
         for kind, (body, ctype) in bodies.items():
-            for name, classify in socket_clients.items():
-                if name == FLOOR and kind != "npy":
-                    continue
-                for _ in range(20):
-                    classify(body, ctype)
-                    local[kind]()
-                inproc, remote, model = [], [], []
-                for _ in range(args.calls):
-                    s = time.perf_counter()
-                    local[kind]()
-                    inproc.append((time.perf_counter() - s) * 1000)
-                    s = time.perf_counter()
-                    answer = classify(body, ctype)
-                    remote.append((time.perf_counter() - s) * 1000)
-                    model.append(answer["queue_ms"] + answer["compute_ms"])
-                a, b, m = np.array(inproc), np.array(remote), np.array(model)
-                row = {
-                    "body": kind,
-                    "client": name,
-                    "in_process_p50_ms": round(float(np.median(a)), 3),
-                    "socket_p50_ms": round(float(np.median(b)), 3),
-                    "overhead_p50_ms": round(float(np.median(b) - np.median(a)), 3),
-                    "overhead_p95_ms": round(float(np.percentile(b, 95) - np.percentile(a, 95)), 3),
-                    "outside_model_p50_ms": None if name == FLOOR else round(float(np.median(b - m)), 3),
-                }
-                rows.append(row)
-                print(row)
+            clients = {name: c for name, c in socket_clients.items() if kind == "npy" or name in (CLIENT, LEAN)}
+            rows += latency_rows(kind, local[kind], clients, body, ctype, args.calls)
         results["latency"] = rows
+        results["side_by_side"] = side_by_side(rows)
         body, ctype = bodies["npy"]
         tput = {}
+        socks = {LEAN: sock, FLOOR: floor_sock, UVICORN_FLOOR: uvicorn_sock}
         for name in socket_clients:
-            if name == "httpx":
+            if name == CLIENT:
                 pool: list[Any] = [Client(sock) for _ in range(4)]
             else:
-                pool = [LeanClient(floor_sock if name == FLOOR else sock) for _ in range(4)]
+                pool = [LeanClient(socks[name]) for _ in range(4)]
 
             def call(k: int, pool: list[Any] = pool) -> object:
                 return pool[k].classify(body, ctype)
@@ -161,7 +148,8 @@ def main() -> None:
             for c in pool:
                 c.close()
         lean.close()
-        floor.close()
+        for floor in floors.values():
+            floor.close()
     for n in (1, 2):
         tput[f"in_process_{n}_workers"] = round(run_for(args.seconds, n, lambda k: full.run(x, 1.0)), 1)
         print(n, "in-process workers", tput[f"in_process_{n}_workers"], "calls/s")
@@ -169,40 +157,85 @@ def main() -> None:
         ratio = tput[f"socket_{name}_2_clients"] / tput["in_process_2_workers"]
         tput[f"ratio_{name}_2_clients_vs_2_workers"] = round(ratio, 3)
     results["throughput"] = tput
-    md = (
-        f"# Socket overhead\n\n{results['machine']}, {results['date']}; daemon with {settings.workers} workers x "
-        f"{settings.ort_threads} ORT threads; `full@1.0`; client and daemon on the same cores.\n\n"
-        + md_table(
-            [
-                "body",
-                "client",
-                "in-process p50 ms",
-                "socket p50 ms",
-                "overhead p50 ms",
-                "overhead p95 ms",
-                "outside model p50 ms",
-            ],
-            [
-                [
-                    r["body"],
-                    r["client"],
-                    r["in_process_p50_ms"],
-                    r["socket_p50_ms"],
-                    r["overhead_p50_ms"],
-                    r["overhead_p95_ms"],
-                    r["outside_model_p50_ms"],
-                ]
-                for r in rows
-            ],
-        )
-        + "\n`outside model`: round trip minus the answer's own queue + compute time (HTTP, decode, thread hand-offs, "
-        "client). `minimal server`: bench/floor_server.py, the same model call behind uvloop + httptools and nothing "
-        "else (it reports no model time of its own).\n"
+    md = markdown(results, rows, tput, settings.workers, settings.ort_threads)
+    write_results("overhead", results, md)
+    print(md)
+
+
+def latency_rows(
+    kind: str,
+    local: Callable[[], object],
+    clients: dict[str, Callable[[bytes, str], dict[str, Any]]],
+    body: bytes,
+    ctype: str,
+    calls: int,
+) -> list[dict[str, Any]]:
+    """One row per client for `kind`: every call of the in-process model and of each client
+    interleaved in one loop, so all rows share the baseline and the machine's moment."""
+    for _ in range(20):
+        local()
+        for classify in clients.values():
+            classify(body, ctype)
+    inproc: list[float] = []
+    remote: dict[str, list[float]] = {name: [] for name in clients}
+    model: dict[str, list[float]] = {name: [] for name in clients}
+    for _ in range(calls):
+        s = time.perf_counter()
+        local()
+        inproc.append((time.perf_counter() - s) * 1000)
+        for name, classify in clients.items():
+            s = time.perf_counter()
+            answer = classify(body, ctype)
+            remote[name].append((time.perf_counter() - s) * 1000)
+            model[name].append(answer["queue_ms"] + answer["compute_ms"])
+    a = np.array(inproc)
+    rows = []
+    for name in clients:
+        b, m = np.array(remote[name]), np.array(model[name])
+        row = {
+            "body": kind,
+            "client": name,
+            "in_process_p50_ms": round(float(np.median(a)), 3),
+            "socket_p50_ms": round(float(np.median(b)), 3),
+            "overhead_p50_ms": round(float(np.median(b) - np.median(a)), 3),
+            "overhead_p95_ms": round(float(np.percentile(b, 95) - np.percentile(a, 95)), 3),
+            "outside_model_p50_ms": round(float(np.median(b - m)), 3),
+        }
+        rows.append(row)
+        print(row)
+    return rows
+
+
+def side_by_side(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The issue's comparisons (`.npy`, p50): the daemon against each floor, by overhead over the
+    in-process call and by time outside the model, and agent.client against http.client."""
+    npy = {r["client"]: r for r in rows if r["body"] == "npy"}
+    out = {}
+    for key in ("overhead_p50_ms", "outside_model_p50_ms"):
+        out[f"daemon_minus_bare_floor_{key}"] = round(npy[LEAN][key] - npy[FLOOR][key], 3)
+        out[f"daemon_minus_uvicorn_floor_{key}"] = round(npy[LEAN][key] - npy[UVICORN_FLOOR][key], 3)
+        out[f"uvicorn_floor_minus_bare_floor_{key}"] = round(npy[UVICORN_FLOOR][key] - npy[FLOOR][key], 3)
+        out[f"agent_client_minus_http_client_{key}"] = round(npy[CLIENT][key] - npy[LEAN][key], 3)
+    return out
+
+
+def markdown(
+    results: dict[str, Any], rows: list[dict[str, Any]], tput: dict[str, float], workers: int, ort: int
+) -> str:
+    columns = ["body", "client", "in-process p50 ms", "socket p50 ms", "overhead p50 ms", "overhead p95 ms"]
+    keys = ["body", "client", "in_process_p50_ms", "socket_p50_ms", "overhead_p50_ms", "overhead_p95_ms"]
+    return (
+        f"# Socket overhead\n\n{results['machine']}, {results['date']}; daemon with {workers} workers x "
+        f"{ort} ORT threads; `full@1.0`; client, daemon and floors on the same cores, their calls interleaved.\n\n"
+        + md_table([*columns, "outside model p50 ms"], [[r[k] for k in [*keys, "outside_model_p50_ms"]] for r in rows])
+        + "\n`outside model`: round trip minus the answer's own queue + compute time (HTTP, decode, thread "
+        "hand-offs, client). `bare floor`: bench/floor_server.py, the same model call behind uvloop + httptools and "
+        "nothing else; `uvicorn floor`: the same call as a bare ASGI app under uvicorn.\n"
+        + "\n## Side by side (`.npy`, p50 ms)\n\n"
+        + md_table(["comparison", "ms"], [[k, v] for k, v in results["side_by_side"].items()])
         + "\n## Throughput (requests/s, `.npy` body)\n\n"
         + md_table(["setup", "req/s"], [[k, v] for k, v in tput.items()])
     )
-    write_results("overhead", results, md)
-    print(md)
 
 
 if __name__ == "__main__":

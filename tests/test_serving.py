@@ -197,6 +197,26 @@ def test_a_refused_admission_is_503_with_retry_after(state: AppState, runner: Fa
     assert error(answer) == (503, "overloaded") and answer.headers["Retry-After"] == "1"
 
 
+def test_the_classify_lane_counts_answers_refusals_and_metrics_as_every_route(
+    state: AppState, runner: FakeRunner
+) -> None:
+    """Classify skips FastAPI (agent.serving.app): its answers must still reach the same metrics."""
+    app = client(state)
+    assert app.post("/v1/classify", content=png(), headers={"Content-Type": "image/png"}).status_code == 200
+    runner.refuse = Overloaded("queue full (3 requests admitted)", retry_after_s=0.2)
+    assert error(app.post("/v1/classify", content=png(), headers={"Content-Type": "image/png"}))[0] == 503
+    assert error(app.post("/v1/classify?deadline_ms=-1", content=png(), headers={"Content-Type": "image/png"})) == (
+        422,
+        "invalid_request",
+    )
+    text = state.metrics.render().decode()
+    for status in ("200", "503", "422"):
+        assert f'edge_agent_requests_total{{route="/v1/classify",status="{status}"}} 1.0' in text, status
+    assert 'edge_agent_errors_total{code="overloaded"} 1.0' in text
+    assert 'edge_agent_shed_total{reason="queue"} 1.0' in text
+    assert 'edge_agent_model_seconds_count{variant="full"} 1.0' in text  # observed once answered
+
+
 def test_a_body_that_does_not_decode_is_400_and_gives_its_place_back(state: AppState, runner: FakeRunner) -> None:
     answer = client(state).post("/v1/classify", content=b"not a png", headers={"Content-Type": "image/png"})
     assert error(answer) == (400, "bad_input")

@@ -3,9 +3,9 @@
 The request path of `/v1/classify`, top to bottom: media type and query -> body (bounded, read
 by the gate before the request takes an inference place) -> admission (the runner's one check,
 before anything is decoded) -> decode (header and memory reservation in a decode thread, pixels
-in the worker) -> run -> answer. Every request pays for that path on the event loop, so
-it is a plain ASGI handler behind the FastAPI route that declares it: FastAPI's per-request
-dependency solving and Request object cost more loop time than the rest of the path.
+in the worker) -> run -> answer. Every request pays for that path on the event loop, so it is a
+plain ASGI handler that the app calls in a lane of its own (`agent.serving.app`); FastAPI only
+declares the route, for the schema.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from numpy.typing import NDArray
+from prometheus_client import Histogram
 from pydantic import ValidationError
 from starlette.datastructures import Headers, QueryParams
-from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from agent import __version__
-from agent.errors import BadInput, ExplainUnavailable
+from agent.errors import BadInput, ExplainUnavailable, InvalidRequest, validation_message
 from agent.serving.api import Classification, ClassifyQuery
 from agent.serving.body import receive_body
 from agent.serving.budget import ByteBudget
@@ -40,7 +40,9 @@ from agent.serving.codec import (
     open_image,
     release,
 )
-from agent.serving.envelope import json_response
+from agent.serving.envelope import json_response, send_json
+from agent.serving.gate import CLASSIFY
+from agent.serving.metrics import Metrics
 from agent.serving.peers import hide_paths, is_admin, peer_uid
 from agent.serving.probes import is_ready, metrics_response
 from agent.serving.runner import Outcome, Prepare
@@ -51,14 +53,15 @@ from agent.zoo.sessions import LoadedVariant
 
 #: Bodies up to this size are checked on the event loop (see `classify`); larger ones in a thread.
 INLINE_CHECK_BYTES = 256 * 1024
+#: A request without a query asks for the defaults (a camera's usual request): not validated again.
+DEFAULT_QUERY = ClassifyQuery.model_validate({})
 STATUS_WINDOW_S = 10.0  # span of the latency percentiles in /v1/status
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 
 
 def register(app: FastAPI, state: AppState) -> None:
-    """Add the v1 routes to `app`."""
+    """Add the v1 routes to `app` (classify only declared: `classify_handler` serves it)."""
     declare_classify(app)
-    serve_raw(app, "/v1/classify", classify_handler(state))
 
     @app.get("/v1/status")
     async def status(request: Request) -> Response:
@@ -78,7 +81,7 @@ def declare_classify(app: FastAPI) -> None:
     """The OpenAPI declaration of `/v1/classify`; the route is served by `classify_handler`."""
 
     @app.post(
-        "/v1/classify",
+        CLASSIFY,
         response_model=Classification,
         openapi_extra={
             "requestBody": {
@@ -93,23 +96,20 @@ def declare_classify(app: FastAPI) -> None:
         raise NotImplementedError("served by classify_handler")  # this function only declares the schema
 
 
-def serve_raw(app: FastAPI, path: str, handler: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
-    """Serve the declared route `path` with a plain ASGI `handler`, keeping its OpenAPI entry."""
-    route = next(r for r in app.router.routes if isinstance(r, Route) and r.path == path)
-    route.app = handler
-
-
 def classify_handler(state: AppState) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    runner, settings = state.runner, state.settings
+    runner, settings, classes = state.runner, state.settings, state.zoo.classes
     largest = max(v.spec.resolution for v in state.zoo.variants.values())
+    observers = Observers(state.metrics)
 
     async def classify(scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
         kind = check_media_type(headers.get("content-type", ""))
         try:
-            query = ClassifyQuery.model_validate(dict(QueryParams(scope["query_string"])))
+            raw_query = scope["query_string"]
+            query = ClassifyQuery.model_validate(dict(QueryParams(raw_query))) if raw_query else DEFAULT_QUERY
         except ValidationError as exc:
-            raise RequestValidationError([{**e, "loc": ("query", *e["loc"])} for e in exc.errors()]) from None
+            located = RequestValidationError([{**e, "loc": ("query", *e["loc"])} for e in exc.errors()])
+            raise InvalidRequest(validation_message(located)) from None
         if query.explain:
             check_explainable(runner.zoo.variants[runner.current.variant].spec)
         body = await receive_body(receive, headers.get("content-length"), settings.max_body_bytes)
@@ -125,7 +125,10 @@ def classify_handler(state: AppState) -> Callable[[Scope, Receive, Send], Awaita
             runner.release(ticket)
             raise
         outcome = await runner.run(ticket, prepare)
-        await json_response(answer(state, outcome, query.explain))(scope, receive, send)
+        try:
+            await send_json(send, answer(classes, outcome, query.explain))
+        finally:
+            observers.observe(outcome)  # after the answer is on its way: the client waits for no metric
 
     return classify
 
@@ -194,19 +197,36 @@ def array_preparer(
     return prepare_array
 
 
-def answer(state: AppState, outcome: Outcome, explain: bool) -> dict[str, Any]:
+class Observers:
+    """The histograms an answer is observed in, each variant's series looked up once (a label
+    lookup takes a lock and a dict per observation)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._by_variant: dict[str, tuple[Histogram, Histogram]] = {}
+
+    def observe(self, outcome: Outcome) -> None:
+        variant = outcome.config.variant
+        series = self._by_variant.get(variant)
+        if series is None:
+            m = self.metrics
+            series = self._by_variant[variant] = (
+                m.inference_seconds.labels(variant=variant),
+                m.model_seconds.labels(variant=variant),
+            )
+        inference, model = series
+        inference.observe((outcome.queue_ms + outcome.decode_ms + outcome.compute_ms) / 1000)
+        model.observe(outcome.compute_ms / 1000)
+        self.metrics.queue_seconds.observe(outcome.queue_ms / 1000)
+        self.metrics.decode_seconds.observe(outcome.decode_ms / 1000)
+
+
+def answer(classes: list[str], outcome: Outcome, explain: bool) -> dict[str, Any]:
     """The `Classification` answer as a plain dict: built on the event loop for every request,
     so it skips pydantic (the route's response_model still documents it)."""
-    metrics, classes = state.metrics, state.zoo.classes
     probs = outcome.prediction.probs[0].tolist()
     order = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)[:3]
     top = [{"label": classes[i], "score": round(probs[i], 6)} for i in order]
-    metrics.inference_seconds.labels(variant=outcome.config.variant).observe(
-        (outcome.queue_ms + outcome.decode_ms + outcome.compute_ms) / 1000
-    )
-    metrics.queue_seconds.observe(outcome.queue_ms / 1000)
-    metrics.decode_seconds.observe(outcome.decode_ms / 1000)
-    metrics.model_seconds.labels(variant=outcome.config.variant).observe(outcome.compute_ms / 1000)
     result: dict[str, Any] = {
         "label": top[0]["label"],
         "score": top[0]["score"],
