@@ -2,28 +2,18 @@
 
 A camera application written in C, Go or Rust pays a small fraction of what a Python client
 spends per request; the benchmarks measure the daemon with this one beside agent.client, so
-that the daemon's own overhead is not hidden behind the client's.
+that the daemon's own overhead is not hidden behind the client's. It shares agent.client's
+connection class (http.client to a Unix socket) and nothing else: no pool, no error mapping.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float = 30.0) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = str(path)
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.unix_path)
-        self.sock = sock
+from agent.client import UnixHTTPConnection
 
 
 class LeanClient:

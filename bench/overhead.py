@@ -2,7 +2,8 @@
 side with the thinnest servers around the same call.
 
 Latency: socket round trips (`.npy` body and PNG body) against the same `full@1.0` call made in
-this process, interleaved call by call, so every row shares one in-process baseline:
+this process, interleaved call by call in an order shuffled every round, so every row shares
+one in-process baseline and none is always the call that follows another process's model run:
 - the daemon with agent.client, and with a lean client (the standard library's bare
   http.client, close to what a compiled camera application pays);
 - two floors (bench/floor_server.py) with the lean client, `.npy` only: `bare`, uvloop + httptools
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import random
 import subprocess
 import sys
 import tempfile
@@ -171,7 +173,8 @@ def latency_rows(
     calls: int,
 ) -> list[dict[str, Any]]:
     """One row per client for `kind`: every call of the in-process model and of each client
-    interleaved in one loop, so all rows share the baseline and the machine's moment."""
+    interleaved in one loop, in a shuffled order, so all rows share the baseline and the machine's
+    moment."""
     for _ in range(20):
         local()
         for classify in clients.values():
@@ -179,13 +182,20 @@ def latency_rows(
     inproc: list[float] = []
     remote: dict[str, list[float]] = {name: [] for name in clients}
     model: dict[str, list[float]] = {name: [] for name in clients}
+    order: list[str | None] = [None, *clients]  # None: the in-process call
+    rng = random.Random(0)
     for _ in range(calls):
-        s = time.perf_counter()
-        local()
-        inproc.append((time.perf_counter() - s) * 1000)
-        for name, classify in clients.items():
+        # A fresh order each round: a call right after another process's model run finds its
+        # weights out of the shared cache (measured: +0.5 ms of model time), so no row may
+        # always follow the same one.
+        rng.shuffle(order)
+        for name in order:
             s = time.perf_counter()
-            answer = classify(body, ctype)
+            if name is None:
+                local()
+                inproc.append((time.perf_counter() - s) * 1000)
+                continue
+            answer = clients[name](body, ctype)
             remote[name].append((time.perf_counter() - s) * 1000)
             model[name].append(answer["queue_ms"] + answer["compute_ms"])
     a = np.array(inproc)
