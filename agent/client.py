@@ -95,8 +95,9 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         httpcore checks before reusing one."""
         if self.sock is None:
             return False
-        readable, _, _ = select.select([self.sock], [], [], 0)
-        return bool(readable)
+        poller = select.poll()  # not select.select: a descriptor past 1023 would not fit
+        poller.register(self.sock, select.POLLIN)
+        return bool(poller.poll(0))
 
 
 class Client:
