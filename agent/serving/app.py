@@ -3,9 +3,10 @@ observes every request, and the one place errors become the JSON envelope.
 
 `POST /v1/classify` (the camera's request, and most of the traffic) takes its own lane: it goes
 from the gate straight to its handler, observed and answered the same way, without FastAPI's
-middleware stack and router (profiled at about a fifth of the daemon's time outside the model;
-bench/overhead). FastAPI still declares the route, so it stays in the OpenAPI schema, and a
-method other than POST on it reaches FastAPI and is answered 405."""
+middleware stack and router. Those were about a fifth of the event loop's Python time for a
+classify in a profile, and the lane took 0.18 to 0.28 ms off its round trip (measured side by
+side with the previous code). FastAPI still declares the route, so it stays in the OpenAPI
+schema, and a method other than POST on it reaches FastAPI and is answered 405."""
 
 from __future__ import annotations
 
