@@ -119,12 +119,11 @@ def main() -> None:
         floor_server(under_uvicorn=True) as uvicorn_sock,
     ):
         client.pin("full@1", 3600, "overhead bench: the same configuration as in process")
-        lean = LeanClient(sock)
-        floors = {FLOOR: LeanClient(floor_sock), UVICORN_FLOOR: LeanClient(uvicorn_sock)}
+        socks = {LEAN: sock, FLOOR: floor_sock, UVICORN_FLOOR: uvicorn_sock}  # each reached by a lean client
+        leans = {name: LeanClient(path) for name, path in socks.items()}
         socket_clients: dict[str, Callable[[bytes, str], dict[str, Any]]] = {
             CLIENT: client.classify,
-            LEAN: lean.classify,
-            **{name: floor.classify for name, floor in floors.items()},
+            **{name: lean.classify for name, lean in leans.items()},
         }
         for kind, (body, ctype) in bodies.items():
             clients = {name: c for name, c in socket_clients.items() if kind == "npy" or name in (CLIENT, LEAN)}
@@ -133,7 +132,6 @@ def main() -> None:
         results["side_by_side"] = side_by_side(rows)
         body, ctype = bodies["npy"]
         tput = {}
-        socks = {LEAN: sock, FLOOR: floor_sock, UVICORN_FLOOR: uvicorn_sock}
         for name in socket_clients:
             if name == CLIENT:
                 pool: list[Any] = [Client(sock) for _ in range(4)]
@@ -149,9 +147,8 @@ def main() -> None:
                 print(key, tput[key], "req/s")
             for c in pool:
                 c.close()
-        lean.close()
-        for floor in floors.values():
-            floor.close()
+        for lean in leans.values():
+            lean.close()
     for n in (1, 2):
         tput[f"in_process_{n}_workers"] = round(run_for(args.seconds, n, lambda k: full.run(x, 1.0)), 1)
         print(n, "in-process workers", tput[f"in_process_{n}_workers"], "calls/s")
